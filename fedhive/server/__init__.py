@@ -1,0 +1,1 @@
+"""Server side: the orchestrator (one event loop for every mode), transports, checkpoints."""

@@ -1,0 +1,484 @@
+"""The orchestrator: fedhive's one event loop, the same in deployment, on the local cluster and in virtual time.
+
+1. give every idle client what the strategy's ``on_idle`` returns, with the current global model;
+2. wait for the next result or failure, or the strategy's next timer, whichever comes first;
+3. validate the result (known node, known task, not a duplicate, version, tensor count, shape, dtype, finite
+   values) and hand it to the strategy; a rejected result is logged with its reason, counted, never applied, and
+   its task is reported to the strategy as failed;
+4. evaluate on schedule, checkpoint, report to the observer;
+5. stop at the run's limit (time, versions, client updates, target accuracy).
+
+The orchestrator never imports Flower and never reads a clock: the transport owns both.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from fedhive.strategies.base import ClientInfo, Outcome, Strategy, Task, Update
+from fedhive.strategies.validation import Rejection, check_params
+
+from . import checkpoint as ckpt
+from .transport import Dispatch, Failure, Result, Transport
+
+log = logging.getLogger("fedhive.orchestrator")
+
+EvaluateFn = Callable[[Sequence[np.ndarray]], dict]
+
+
+@dataclass(frozen=True)
+class StopCondition:
+    """When a run ends; any limit reached stops it. ``None`` means no limit."""
+
+    max_time: float | None = None
+    max_versions: int | None = None
+    max_updates: int | None = None
+    target_accuracy: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_time", "max_versions", "max_updates", "target_accuracy"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)
+                                  or v < 0):
+                raise ValueError(f"stop condition {name} must be a number >= 0 or None, got {v!r}")
+        if self.target_accuracy is not None and self.target_accuracy > 1:
+            raise ValueError(f"target_accuracy is a fraction in [0, 1], got {self.target_accuracy!r}")
+
+
+class Observer:
+    """Hooks the orchestrator calls (metrics, progress bars). Every method is a no-op by default."""
+
+    def on_start(self, strategy: Strategy, now: float) -> None: ...
+
+    def on_dispatch(self, task: Task, client: ClientInfo, now: float) -> None: ...
+
+    def on_update(self, update: Update, outcome: Outcome, client: ClientInfo, staleness: int, duration: float,
+                  now: float) -> None: ...
+
+    def on_reject(self, reason: str, node_id: int, now: float) -> None: ...
+
+    def on_failure(self, node_id: int, reason: str, now: float) -> None: ...
+
+    def on_evaluate(self, record: dict, now: float) -> None: ...
+
+    def on_membership(self, clients: Sequence[ClientInfo], now: float) -> None: ...
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the evaluation history, the final state and the counters."""
+
+    history: list[dict]
+    final: dict
+    stop_reason: str
+    counters: dict = field(default_factory=dict)
+    params: list[np.ndarray] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"history": self.history, "final": self.final, "stop_reason": self.stop_reason,
+                "counters": self.counters}
+
+
+class Orchestrator:
+    """Drives a strategy over a transport until a stop condition.
+
+    Parameters
+    ----------
+    strategy, transport
+        The algorithm and the carrier.
+    stop
+        When to end.
+    evaluate
+        ``params -> {"accuracy": ..., "loss": ..., ...}`` on the held-out set, or ``None``.
+    eval_every_versions, eval_interval
+        Evaluate each time the version advanced by this much, and/or each ``eval_interval`` seconds of the
+        transport's clock. The initial and the final model are always evaluated.
+    checkpoint_dir, checkpoint_every
+        Write an atomic checkpoint every ``checkpoint_every`` versions and at the end (``keep_checkpoints`` newest
+        are kept).
+    observer
+        Receives every event (metrics, progress).
+    """
+
+    def __init__(self, strategy: Strategy, transport: Transport, *, stop: StopCondition | None = None,
+                 evaluate: EvaluateFn | None = None, eval_every_versions: int | None = None,
+                 eval_interval: float | None = None, checkpoint_dir: str | Path | None = None,
+                 checkpoint_every: int | None = None, keep_checkpoints: int = 3,
+                 observer: Observer | None = None) -> None:
+        self.strategy = strategy
+        self.transport = transport
+        self.stop = stop or StopCondition()
+        if self.stop == StopCondition():
+            raise ValueError("a run needs at least one stop condition: max_time, max_versions, max_updates or "
+                             "target_accuracy")
+        if self.stop.target_accuracy is not None and evaluate is None:
+            raise ValueError("target_accuracy needs an evaluate function")
+        if eval_every_versions is not None and eval_every_versions < 1:
+            raise ValueError(f"eval_every_versions must be >= 1 or None, got {eval_every_versions!r}")
+        if eval_interval is not None and not eval_interval > 0:
+            raise ValueError(f"eval_interval must be > 0 seconds or None, got {eval_interval!r}")
+        if checkpoint_every is not None and checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1 or None, got {checkpoint_every!r}")
+        self.evaluate = evaluate
+        self.eval_every_versions = eval_every_versions
+        self.eval_interval = eval_interval
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.checkpoint_every = checkpoint_every
+        self.keep_checkpoints = keep_checkpoints
+        self.observer = observer or Observer()
+
+        self._clients: dict[int, ClientInfo] = {}  # connected now
+        self._known: set[int] = set()  # ever seen
+        self._membership_seen: int | None = None
+        self._in_flight: dict[int, Dispatch] = {}
+        self._node_task: dict[int, int] = {}
+        self._dispatched_params: dict[int, list[np.ndarray]] = {}  # version -> model, while a task refers to it
+        self._dispatched_refs: dict[int, int] = {}
+        self._next_task_id = 0
+        self._idle_new: set[int] = set()  # idle, not asked since they became idle
+        self._parked: set[int] = set()  # idle, told "nothing yet" at wake epoch _parked_epoch
+        self._parked_epoch = -1
+        self.history: list[dict] = []
+        self.client_updates = 0
+        self.counters: Counter[str] = Counter()
+        self._last_eval_version = -1
+        self._next_eval_time: float | None = None
+        self._last_ckpt_version = -1
+        self._accuracy: float | None = None
+        self._start_time = 0.0
+
+    # ------------------------------------------------------------------ public
+    def run(self, initial_params: Sequence[np.ndarray] | None = None, *,
+            resume_from: str | Path | None = None) -> RunResult:
+        """Run until the stop condition. Start from ``initial_params`` or resume from a checkpoint file."""
+        if resume_from is not None:
+            self._resume(resume_from)
+        else:
+            if initial_params is None:
+                raise ValueError("run() needs initial_params or resume_from")
+            now = self.transport.now()
+            self._start_time = now
+            clients = list(self.transport.clients())
+            self._set_membership(clients, now, notify=False)
+            self.strategy.start(initial_params, clients, now)
+            if self.eval_interval is not None:
+                self._next_eval_time = now + self.eval_interval
+            self._evaluate(now)
+        self.observer.on_start(self.strategy, self.transport.now())
+        reason = self._loop()
+        now = self.transport.now()
+        if self.strategy.version != self._last_eval_version:
+            self._evaluate(now)
+        self._checkpoint(force=True)
+        final = {
+            "accuracy": self.history[-1]["accuracy"] if self.history else None,
+            "loss": self.history[-1]["loss"] if self.history else None,
+            "version": self.strategy.version,
+            "client_updates": self.client_updates,
+            "bytes": int(self.transport.bytes_moved),
+            "time": now - self._start_time,
+        }
+        return RunResult(self.history, final, reason, dict(self.counters), self.strategy.params)
+
+    # ------------------------------------------------------------------ the loop
+    def _loop(self) -> str:
+        while True:
+            now = self.transport.now()
+            self._refresh_membership(now)
+            self._dispatch_idle(now)
+            reason = self._should_stop(now)
+            if reason:
+                return reason
+            deadline = self._deadline()
+            events = self.transport.wait(deadline)
+            for ev in events:
+                if isinstance(ev, Result):
+                    self._on_result(ev)
+                else:
+                    self._on_failure(ev)
+                self._after_change(ev.time)
+                reason = self._should_stop(ev.time)
+                if reason:
+                    return reason
+                self._refresh_membership(ev.time)
+                self._dispatch_idle(ev.time)
+            now = self.transport.now()
+            timer = self.strategy.next_timer()
+            fired = timer is not None and timer <= now
+            if fired:
+                self.strategy.on_timer(now)
+                self._after_change(now)
+            if self.eval_interval is not None and self._next_eval_time is not None and now >= self._next_eval_time:
+                while self._next_eval_time <= now:
+                    self._next_eval_time += self.eval_interval
+                self._evaluate(now)
+            if not events and not fired and not self._in_flight and deadline is None:
+                mv = self.transport.membership_version
+                if mv == -1 or mv == self._membership_seen:
+                    # Nothing in flight, no timer, no deadline, nobody joined: nothing can happen any more.
+                    return "stalled"
+
+    def _deadline(self) -> float | None:
+        times = [t for t in (self.strategy.next_timer(), self._next_eval_time) if t is not None]
+        if self.stop.max_time is not None:
+            times.append(self._start_time + self.stop.max_time)
+        return min(times) if times else None
+
+    def _should_stop(self, now: float) -> str:
+        s = self.stop
+        if s.max_time is not None and now - self._start_time >= s.max_time:
+            return "max_time"
+        if s.max_versions is not None and self.strategy.version >= s.max_versions:
+            return "max_versions"
+        if s.max_updates is not None and self.client_updates >= s.max_updates:
+            return "max_updates"
+        if s.target_accuracy is not None and self._accuracy is not None and self._accuracy >= s.target_accuracy:
+            return "target_accuracy"
+        return ""
+
+    def _after_change(self, now: float) -> None:
+        v = self.strategy.version
+        if self.eval_every_versions is not None and v - self._last_eval_version >= self.eval_every_versions:
+            self._evaluate(now)
+        if self.checkpoint_every is not None and v // self.checkpoint_every > self._last_ckpt_version // self.checkpoint_every:
+            self._checkpoint()
+
+    # ------------------------------------------------------------------ membership and dispatch
+    def _refresh_membership(self, now: float) -> None:
+        mv = self.transport.membership_version
+        if mv != -1 and mv == self._membership_seen:
+            return
+        self._membership_seen = mv
+        self._set_membership(list(self.transport.clients()), now, notify=True)
+
+    def _set_membership(self, clients: list[ClientInfo], now: float, *, notify: bool) -> None:
+        current = {c.node_id: c for c in clients}
+        for node in sorted(set(self._clients) - set(current)):
+            self._idle_new.discard(node)
+            self._parked.discard(node)
+            task_id = self._node_task.get(node)
+            if task_id is not None:
+                self._fail_task(task_id, "node_lost", now)
+        for node, c in current.items():
+            if node not in self._clients and node not in self._node_task:
+                self._idle_new.add(node)
+        changed = set(current) != set(self._clients)
+        self._clients = current
+        self._known.update(current)
+        if changed and notify:
+            self.observer.on_membership(clients, now)
+
+    def _dispatch_idle(self, now: float) -> None:
+        # A dispatch can change what parked clients may get (a round that just opened): settle it, a few passes at most.
+        for _ in range(8):
+            epoch = self.strategy.wake_epoch
+            if epoch != self._parked_epoch:
+                candidates = self._parked | self._idle_new
+                self._parked = set()
+                self._parked_epoch = epoch
+            else:
+                candidates = self._idle_new
+            self._idle_new = set()
+            for node in sorted(candidates):
+                client = self._clients.get(node)
+                if client is None or node in self._node_task:
+                    continue
+                task = self.strategy.on_idle(client, now)
+                if task is None:
+                    self._parked.add(node)
+                    continue
+                self._send(task, client, now)
+            if self.strategy.wake_epoch == self._parked_epoch or not self._parked:
+                return
+
+    def _send(self, task: Task, client: ClientInfo, now: float) -> None:
+        if task.node_id != client.node_id:
+            raise RuntimeError(f"{self.strategy.name} returned a task for node {task.node_id} to node {client.node_id}")
+        if task.version != self.strategy.version:
+            raise RuntimeError(f"{self.strategy.name} returned a task at version {task.version}, but the global "
+                               f"model is at version {self.strategy.version}")
+        task_id = self._next_task_id
+        self._next_task_id += 1
+        params = self.strategy.params
+        self._in_flight[task_id] = Dispatch(task_id, task, now)
+        self._node_task[client.node_id] = task_id
+        self._dispatched_params.setdefault(task.version, params)
+        self._dispatched_refs[task.version] = self._dispatched_refs.get(task.version, 0) + 1
+        self.observer.on_dispatch(task, client, now)
+        self.transport.dispatch(task_id, task, params)
+
+    def _end_task(self, task_id: int) -> Dispatch:
+        d = self._in_flight.pop(task_id)
+        node = d.task.node_id
+        del self._node_task[node]
+        v = d.task.version
+        left = self._dispatched_refs[v] - 1
+        if left:
+            self._dispatched_refs[v] = left
+        else:
+            del self._dispatched_refs[v]
+            del self._dispatched_params[v]
+        if node in self._clients:
+            self._idle_new.add(node)
+        return d
+
+    # ------------------------------------------------------------------ results and failures
+    def _on_result(self, ev: Result) -> None:
+        u = ev.update
+        now = ev.time
+        self.counters["received"] += 1
+        rejection, ends_task = self._validate(ev)
+        if rejection is not None:
+            self._reject(ev, rejection, ends_task)
+            return
+        d = self._end_task(ev.task_id)
+        client = self._clients.get(u.node_id) or ClientInfo(u.node_id, u.num_examples, "unknown")
+        staleness = self.strategy.version - u.base_version
+        outcome = self.strategy.on_update(u, now)
+        self.client_updates += 1
+        self.counters[f"update_{outcome.status}"] += 1
+        if outcome.reason:
+            self.counters[f"update_{outcome.status}_{outcome.reason}"] += 1
+        self.observer.on_update(u, outcome, client, staleness, now - d.sent_at, now)
+
+    def _validate(self, ev: Result) -> tuple[Rejection | None, bool]:
+        """Why ``ev`` cannot be applied (and whether its task is over anyway), or ``(None, True)``."""
+        u = ev.update
+        d = self._in_flight.get(ev.task_id)
+        # A reply to a task in flight ends that task whatever it holds; anything else ends nothing.
+        if u.node_id not in self._known:
+            return Rejection("unknown_node", f"node {u.node_id} was never connected"), d is not None
+        if d is None:
+            if 0 <= ev.task_id < self._next_task_id:
+                return Rejection("duplicate", f"task {ev.task_id} already ended"), False
+            return Rejection("unknown_task", f"task {ev.task_id} was never dispatched"), False
+        if u.node_id != d.task.node_id:
+            return Rejection("node_mismatch", f"task {ev.task_id} went to node {d.task.node_id}, the reply names "
+                                              f"node {u.node_id}"), True
+        if u.base_version > self.strategy.version:
+            return Rejection("future_version", f"base version {u.base_version} is newer than the global model's "
+                                               f"{self.strategy.version}"), True
+        if u.base_version != d.task.version:
+            return Rejection("version_mismatch", f"base version {u.base_version}, but the task was sent at version "
+                                                 f"{d.task.version}"), True
+        if isinstance(u.num_examples, bool) or not isinstance(u.num_examples, (int, np.integer)) or u.num_examples < 0:
+            return Rejection("num_examples", f"num_examples {u.num_examples!r} is not an integer >= 0"), True
+        bad = check_params(u.params, self.strategy.params)
+        return bad, True
+
+    def _reject(self, ev: Result, rejection: Rejection, ends_task: bool) -> None:
+        now = ev.time
+        node = ev.update.node_id
+        self.counters["rejected"] += 1
+        self.counters[f"rejected_{rejection.reason}"] += 1
+        log.warning("rejected update from node %s for task %s: %s (%s); the global model is unchanged",
+                    node, ev.task_id, rejection.reason, rejection.detail)
+        self.observer.on_reject(rejection.reason, node, now)
+        if ends_task:
+            self._fail_task(ev.task_id, "rejected", now)
+
+    def _on_failure(self, ev: Failure) -> None:
+        if ev.task_id not in self._in_flight:
+            return
+        self._fail_task(ev.task_id, ev.reason, ev.time)
+
+    def _fail_task(self, task_id: int, reason: str, now: float) -> None:
+        d = self._end_task(task_id)
+        node = d.task.node_id
+        self.counters["failed"] += 1
+        self.counters[f"failed_{reason}"] += 1
+        log.info("task %s on node %s failed: %s", task_id, node, reason)
+        self.strategy.on_failure(node, now)
+        self.observer.on_failure(node, reason, now)
+
+    # ------------------------------------------------------------------ evaluation and checkpoints
+    def _evaluate(self, now: float) -> None:
+        self._last_eval_version = self.strategy.version
+        if self.evaluate is None:
+            return
+        metrics = dict(self.evaluate(self.strategy.params))
+        record = {
+            "time": now - self._start_time,
+            "version": self.strategy.version,
+            "accuracy": float(metrics.get("accuracy", float("nan"))),
+            "loss": float(metrics.get("loss", float("nan"))),
+            "client_updates": self.client_updates,
+        }
+        self._accuracy = record["accuracy"] if math.isfinite(record["accuracy"]) else None
+        self.history.append(record)
+        self.observer.on_evaluate(record, now)
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "now": self.transport.now(),
+            "start_time": self._start_time,
+            "strategy_name": self.strategy.name,
+            "strategy": self.strategy.state_dict(),
+            "next_task_id": self._next_task_id,
+            "in_flight": [[d.task_id, d.task.node_id, d.task.version, d.task.config, d.sent_at]
+                          for d in self._in_flight.values()],
+            "dispatched_params": self._dispatched_params,
+            "known": sorted(self._known),
+            "history": self.history,
+            "client_updates": self.client_updates,
+            "counters": dict(self.counters),
+            "last_eval_version": self._last_eval_version,
+            "next_eval_time": self._next_eval_time,
+            "accuracy": self._accuracy,
+        }
+
+    def _checkpoint(self, force: bool = False) -> None:
+        if self.checkpoint_dir is None:
+            return
+        v = self.strategy.version
+        if not force and v == self._last_ckpt_version:
+            return
+        self._last_ckpt_version = v
+        ckpt.save(ckpt.checkpoint_path(self.checkpoint_dir, v), self._state())
+        ckpt.prune(self.checkpoint_dir, self.keep_checkpoints)
+
+    def _resume(self, path: str | Path) -> None:
+        state = ckpt.load(path)
+        if state["strategy_name"] != self.strategy.name:
+            raise ValueError(f"checkpoint {path} was written by strategy {state['strategy_name']!r}, "
+                             f"not {self.strategy.name!r}; resume with the same strategy")
+        self.strategy.load_state_dict(state["strategy"])
+        now = float(state["now"])
+        self._start_time = float(state["start_time"])
+        self._next_task_id = int(state["next_task_id"])
+        self._known = {int(n) for n in state["known"]}
+        self.history = list(state["history"])
+        self.client_updates = int(state["client_updates"])
+        self.counters = Counter(state["counters"])
+        self._last_eval_version = int(state["last_eval_version"])
+        self._next_eval_time = state["next_eval_time"]
+        self._accuracy = state["accuracy"]
+        self._last_ckpt_version = self.strategy.version
+        dispatched = {int(v): [np.asarray(a) for a in p] for v, p in state["dispatched_params"].items()}
+        in_flight = []
+        for task_id, node, version, config, sent_at in state["in_flight"]:
+            d = Dispatch(int(task_id), Task(int(node), int(version), dict(config)), float(sent_at))
+            in_flight.append((d, dispatched[int(version)]))
+            self._in_flight[d.task_id] = d
+            self._node_task[d.task.node_id] = d.task_id
+        for p in dispatched.values():
+            for a in p:
+                a.flags.writeable = False
+        self._dispatched_params = dispatched
+        self._dispatched_refs = Counter(d.task.version for d, _ in in_flight)
+        failed = self.transport.restore(now, in_flight)
+        clients = list(self.transport.clients())
+        self._membership_seen = self.transport.membership_version
+        self._set_membership(clients, now, notify=False)
+        for task_id in failed:
+            if task_id in self._in_flight:
+                self._fail_task(task_id, "lost_in_restart", now)
+        log.info("resumed from %s at version %s, time %.3f; %d task(s) in flight, %d lost", path,
+                 self.strategy.version, now, len(self._in_flight), len(failed))

@@ -1,0 +1,178 @@
+"""A transport in virtual time: an event queue ordered by ``(time, sequence)``, SimPy-style.
+
+Dispatching a task asks ``duration(node, task_id, task)`` how long it takes and schedules its completion; the
+client's result comes from ``train(node, task_id, task, params)`` when that moment is reached. Because both are
+functions of the task alone (not of call order), a run is deterministic, and a resumed run can re-create the tasks
+that were in flight. Clients can join and leave at scripted times; a task can fail at a scripted moment.
+
+The tests drive the orchestrator with scripted functions; ``fedhive sim`` plugs in device profiles and real training.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from fedhive.server.transport import Dispatch, Event, Failure, Result, Transport
+from fedhive.strategies.base import ClientInfo, Task, Update
+
+DurationFn = Callable[[int, int, Task], float]
+TrainFn = Callable[[int, int, Task, Sequence[np.ndarray]], "Update | list[Update]"]
+FailFn = Callable[[int, int, Task], "float | None"]
+
+_DONE, _FAIL, _JOIN, _LEAVE, _INJECT = range(5)
+
+
+def _nbytes(params: Sequence[np.ndarray]) -> int:
+    return int(sum(p.nbytes for p in params))
+
+
+class VirtualTransport(Transport):
+    """Deterministic discrete-event transport.
+
+    Parameters
+    ----------
+    clients
+        Clients connected at the start.
+    duration
+        Seconds a task takes, from dispatch to its result.
+    train
+        The client's reply: an ``Update`` (or several, to script duplicates).
+    fail_after
+        Seconds after dispatch at which the task fails instead (``None``: it does not fail).
+    joins, leaves
+        ``(time, ClientInfo)`` and ``(time, node_id)`` membership changes.
+    start
+        The clock's start.
+    """
+
+    def __init__(self, clients: Iterable[ClientInfo], duration: DurationFn, train: TrainFn, *,
+                 fail_after: FailFn | None = None, joins: Iterable[tuple[float, ClientInfo]] = (),
+                 leaves: Iterable[tuple[float, int]] = (), start: float = 0.0) -> None:
+        self._clients: dict[int, ClientInfo] = {c.node_id: c for c in clients}
+        self._duration = duration
+        self._train = train
+        self._fail_after = fail_after
+        self._now = float(start)
+        self._heap: list[tuple[float, int, int, object]] = []
+        self._seq = itertools.count()
+        self._membership = 0
+        self._tasks: dict[int, tuple[Task, Sequence[np.ndarray]]] = {}
+        self._bytes = 0
+        for t, c in joins:
+            self._push(float(t), _JOIN, c)
+        for t, n in leaves:
+            self._push(float(t), _LEAVE, int(n))
+
+    # ------------------------------------------------------------------ Transport
+    def now(self) -> float:
+        return self._now
+
+    def clients(self) -> list[ClientInfo]:
+        return list(self._clients.values())
+
+    @property
+    def membership_version(self) -> int:
+        return self._membership
+
+    @property
+    def bytes_moved(self) -> int:
+        return self._bytes
+
+    def dispatch(self, task_id: int, task: Task, params: Sequence[np.ndarray]) -> None:
+        self._schedule(task_id, task, params, self._now)
+
+    def inject(self, time: float, result: Result) -> None:
+        """Deliver an arbitrary result at ``time`` (tests use it for unknown tasks and forged replies)."""
+        self._push(float(time), _INJECT, result)
+
+    def wait(self, deadline: float | None) -> list[Event]:
+        while self._heap:
+            t = self._heap[0][0]
+            if deadline is not None and t > deadline:
+                break
+            self._now = max(self._now, t)
+            events: list[Event] = []
+            membership_changed = False
+            while self._heap and self._heap[0][0] == t:
+                _, _, kind, payload = heapq.heappop(self._heap)
+                if kind == _DONE:
+                    events.extend(self._complete(int(payload), t))
+                elif kind == _FAIL:
+                    task_id = int(payload)
+                    if task_id in self._tasks:
+                        task, _ = self._tasks.pop(task_id)
+                        events.append(Failure(task_id, task.node_id, "client_error", t))
+                elif kind == _JOIN:
+                    c = payload
+                    self._clients[c.node_id] = c
+                    membership_changed = True
+                elif kind == _LEAVE:
+                    node = int(payload)
+                    if self._clients.pop(node, None) is not None:
+                        membership_changed = True
+                    for task_id, (task, _) in list(self._tasks.items()):
+                        if task.node_id == node:
+                            del self._tasks[task_id]
+                            events.append(Failure(task_id, node, "node_lost", t))
+                else:
+                    events.append(payload)
+            if membership_changed:
+                self._membership += 1
+            if events or membership_changed:
+                return events
+        if deadline is not None:
+            self._now = max(self._now, deadline)
+        return []
+
+    def restore(self, now: float, in_flight: Sequence[tuple[Dispatch, Sequence[np.ndarray]]]) -> list[int]:
+        """Apply the membership changes up to ``now`` and re-create the tasks that were in flight."""
+        while self._heap and self._heap[0][0] <= now and self._heap[0][2] in (_JOIN, _LEAVE):
+            _, _, kind, payload = heapq.heappop(self._heap)
+            if kind == _JOIN:
+                self._clients[payload.node_id] = payload
+            else:
+                self._clients.pop(int(payload), None)
+            self._membership += 1
+        self._now = float(now)
+        lost = []
+        for d, params in in_flight:
+            if d.task.node_id in self._clients:
+                self._schedule(d.task_id, d.task, params, d.sent_at, count_bytes=False)
+            else:
+                lost.append(d.task_id)
+        return lost
+
+    # ------------------------------------------------------------------ internals
+    def _push(self, t: float, kind: int, payload: object) -> None:
+        heapq.heappush(self._heap, (t, next(self._seq), kind, payload))
+
+    def _schedule(self, task_id: int, task: Task, params: Sequence[np.ndarray], sent_at: float, *,
+                  count_bytes: bool = True) -> None:
+        self._tasks[task_id] = (task, params)
+        if task.node_id not in self._clients:  # sent to a client that has left: it never arrives
+            self._push(sent_at, _FAIL, task_id)
+            return
+        if count_bytes:
+            self._bytes += _nbytes(params)
+        fail = self._fail_after(task.node_id, task_id, task) if self._fail_after else None
+        if fail is not None:
+            self._push(sent_at + float(fail), _FAIL, task_id)
+        else:
+            self._push(sent_at + float(self._duration(task.node_id, task_id, task)), _DONE, task_id)
+
+    def _complete(self, task_id: int, t: float) -> list[Event]:
+        entry = self._tasks.pop(task_id, None)
+        if entry is None:
+            return []
+        task, params = entry
+        out = self._train(task.node_id, task_id, task, params)
+        updates = out if isinstance(out, list) else [out]
+        events: list[Event] = []
+        for u in updates:
+            self._bytes += sum(int(getattr(p, "nbytes", 0)) for p in u.params) if isinstance(u.params, list) else 0
+            events.append(Result(task_id, u, t))
+        return events

@@ -1,0 +1,298 @@
+"""The strategy contract: what travels between the engine and a strategy, and the abstract `Strategy`.
+
+A strategy is a deterministic state machine driven by events (see ``shared/DESIGN.md``). It owns the global
+model and its version. Time always comes in as ``now``; a strategy never reads a clock, sleeps, starts a thread,
+does I/O or imports Flower. The engine (the orchestrator) guarantees, for every client:
+
+- ``on_idle`` is only called while the client has no task in flight;
+- every task a strategy hands out ends in exactly one ``on_update`` or ``on_failure`` (a result that the
+  orchestrator rejects as malformed is reported as ``on_failure``), unless the run stops first;
+- events come one at a time, in time order.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+Params = list[np.ndarray]
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """A client as the strategy sees it.
+
+    Parameters
+    ----------
+    node_id : int
+        The client's identifier (Flower's node id in deployment).
+    num_examples : int
+        Training examples the client holds (``n_i``); 0 when unknown.
+    device_class : str
+        The class its agent detected or was given (``gpu``, ``cpu``, ``rpi4``, ...).
+    """
+
+    node_id: int
+    num_examples: int
+    device_class: str = "unknown"
+
+
+@dataclass(frozen=True)
+class Task:
+    """Work for one client: train on the global model at ``version`` with ``config``.
+
+    ``config`` always carries ``local_steps``; strategies add what their clients need (FedASMU's fetch step and
+    mixing parameters, FedAsync's proximal term).
+    """
+
+    node_id: int
+    version: int
+    config: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Update:
+    """A client's result: its trained model, the version it started from, its examples and metrics."""
+
+    node_id: int
+    base_version: int
+    params: Params
+    num_examples: int
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a strategy did with an update.
+
+    ``status`` is ``"applied"`` (the global model changed), ``"buffered"`` (kept for a later aggregation) or
+    ``"rejected"`` (discarded; ``reason`` says why, e.g. ``"stale"`` or ``"late"``).
+    """
+
+    status: str
+    reason: str = ""
+
+
+APPLIED = Outcome("applied")
+BUFFERED = Outcome("buffered")
+
+
+class VersionHistory:
+    """Global models kept by version, each only while some task still refers to it.
+
+    Strategies that work on deltas (``Δ_i = w(o_i) − w_i``) need the model they sent; this keeps it with a
+    reference count per version, so memory does not grow with the number of versions.
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[int, Params] = {}
+        self._refs: dict[int, int] = {}
+
+    def hold(self, version: int, params: Params) -> None:
+        self._refs[version] = self._refs.get(version, 0) + 1
+        self._models.setdefault(version, params)
+
+    def get(self, version: int) -> Params:
+        return self._models[version]
+
+    def release(self, version: int) -> None:
+        left = self._refs[version] - 1
+        if left:
+            self._refs[version] = left
+        else:
+            del self._refs[version]
+            del self._models[version]
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def state_dict(self) -> dict:
+        return {"refs": dict(self._refs), "models": {v: list(p) for v, p in self._models.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._refs = {int(v): int(n) for v, n in state["refs"].items()}
+        self._models = {int(v): _frozen(p) for v, p in state["models"].items()}
+
+
+def _frozen(params: Iterable[np.ndarray]) -> Params:
+    """Own contiguous copies of ``params``, marked read-only so nobody changes a published version."""
+    out = []
+    for p in params:
+        a = np.array(p, copy=True, order="C")
+        a.flags.writeable = False
+        out.append(a)
+    return out
+
+
+class Strategy(ABC):
+    """Abstract base of every fedhive strategy.
+
+    Subclasses implement the event handlers; the base keeps the global model, its version, the known clients,
+    and the shared checks (a diverged aggregation never becomes the global model).
+
+    Parameters
+    ----------
+    non_trainable : sequence of int
+        Indices of tensors that are not trained (BatchNorm statistics, counters). They are never
+        staleness-weighted: a single-update step takes the client's value, a group step their plain mean.
+        Non-float tensors are always treated as non-trainable.
+    """
+
+    name: str = "strategy"
+
+    def __init__(self, *, non_trainable: Sequence[int] = ()) -> None:
+        self._params: Params = []
+        self._version = 0
+        self._clients: dict[int, ClientInfo] = {}
+        self._total_examples = 0
+        self._wake = 0
+        self._non_trainable_arg = tuple(int(i) for i in non_trainable)
+        self._fixed: tuple[int, ...] = ()
+        self._trainable: tuple[int, ...] = ()
+        self.diverged = 0
+
+    # ----------------------------------------------------------------- read-only state
+    @property
+    def params(self) -> Params:
+        """The current global model (read-only arrays; a new list each call)."""
+        return list(self._params)
+
+    @property
+    def version(self) -> int:
+        """The global model's version: starts at 0, +1 each time the model changes."""
+        return self._version
+
+    @property
+    def wake_epoch(self) -> int:
+        """Goes up whenever a client that was told "nothing yet" by ``on_idle`` may now get work.
+
+        The engine asks parked clients again only when this changed, so idle polling stays O(events).
+        """
+        return self._wake
+
+    @property
+    def clients(self) -> dict[int, ClientInfo]:
+        return dict(self._clients)
+
+    # ----------------------------------------------------------------- the contract
+    def start(self, params: Sequence[np.ndarray], clients: Iterable[ClientInfo], now: float) -> None:
+        """Take the initial global model (version 0) and the clients known so far."""
+        self._params = _frozen(params)
+        self._version = 0
+        n = len(self._params)
+        for i in self._non_trainable_arg:
+            if not 0 <= i < n:
+                raise ValueError(f"non_trainable index {i} is out of range for a model of {n} tensors")
+        fixed = set(self._non_trainable_arg)
+        fixed.update(i for i, p in enumerate(self._params) if not np.issubdtype(p.dtype, np.floating))
+        self._fixed = tuple(sorted(fixed))
+        self._trainable = tuple(i for i in range(n) if i not in fixed)
+        for c in clients:
+            self._adopt(c)
+        self._on_start(now)
+        self._wake += 1
+
+    @abstractmethod
+    def _on_start(self, now: float) -> None:
+        """Strategy-specific start (clients and model are already registered)."""
+
+    @abstractmethod
+    def on_idle(self, client: ClientInfo, now: float) -> Task | None:
+        """What a free client should do now, or ``None`` (nothing yet)."""
+
+    @abstractmethod
+    def on_update(self, update: Update, now: float) -> Outcome:
+        """A client's validated result. May change the global model."""
+
+    def on_timer(self, now: float) -> None:
+        """A wake-up asked for through ``next_timer``."""
+
+    def next_timer(self) -> float | None:
+        """When the strategy wants ``on_timer`` next, or ``None``."""
+        return None
+
+    @abstractmethod
+    def on_failure(self, node_id: int, now: float) -> None:
+        """The client's task will never come back (node gone, deadline passed, result rejected)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: JSON-able values, numpy arrays, and lists/dicts of them."""
+        return {
+            "params": list(self._params),
+            "version": self._version,
+            "clients": [[c.node_id, c.num_examples, c.device_class] for c in self._clients.values()],
+            "wake": self._wake,
+            "fixed": list(self._fixed),
+            "diverged": self.diverged,
+            "strategy": self._state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned (possibly after a round trip through a checkpoint file)."""
+        self._params = _frozen(state["params"])
+        self._version = int(state["version"])
+        self._clients = {}
+        self._total_examples = 0
+        for node_id, num_examples, device_class in state["clients"]:
+            self._adopt(ClientInfo(int(node_id), int(num_examples), str(device_class)))
+        self._wake = int(state["wake"])
+        self._fixed = tuple(int(i) for i in state["fixed"])
+        self._trainable = tuple(i for i in range(len(self._params)) if i not in self._fixed)
+        self.diverged = int(state["diverged"])
+        self._load_state(state["strategy"])
+
+    @abstractmethod
+    def _state(self) -> dict[str, Any]:
+        """The subclass's own state, for ``state_dict``."""
+
+    @abstractmethod
+    def _load_state(self, state: dict[str, Any]) -> None:
+        """Restore the subclass's own state."""
+
+    def summary(self) -> str:
+        """One line naming the strategy and its configuration, for logs."""
+        cfg = ", ".join(f"{k}={v}" for k, v in self.config().items())
+        return f"{self.name}({cfg})"
+
+    def config(self) -> dict[str, Any]:
+        """The strategy's hyper-parameters."""
+        return {}
+
+    # ----------------------------------------------------------------- shared helpers
+    def _adopt(self, client: ClientInfo) -> bool:
+        """Register a client seen for the first time (a device may join mid-run). True if it was new."""
+        if client.node_id in self._clients:
+            return False
+        self._clients[client.node_id] = client
+        self._total_examples += max(int(client.num_examples), 0)
+        return True
+
+    def _weight(self, node_id: int) -> float:
+        """``p_i = n_i / Σ n_j`` over the known clients (equal weights while no sizes are known)."""
+        if self._total_examples <= 0:
+            return 1.0 / max(len(self._clients), 1)
+        return self._clients[node_id].num_examples / self._total_examples
+
+    def _commit(self, new_params: Params) -> bool:
+        """Make ``new_params`` the global model (version + 1), unless the aggregation diverged.
+
+        A non-finite result is discarded and counted in ``diverged``: the model and version stay as they were.
+        """
+        new_params = [np.asarray(p) for p in new_params]
+        for p in new_params:
+            if np.issubdtype(p.dtype, np.floating) and not np.isfinite(p).all():
+                self.diverged += 1
+                return False
+        for p in new_params:
+            p.flags.writeable = False
+        self._params = list(new_params)
+        self._version += 1
+        self._wake += 1
+        return True
+
+    def _poke(self) -> None:
+        """Tell the engine that parked clients may now get work (see ``wake_epoch``)."""
+        self._wake += 1

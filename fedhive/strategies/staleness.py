@@ -1,0 +1,53 @@
+"""Staleness functions ``s(τ)`` (FedAsync's definitions, Xie et al. 2019), shared by every strategy.
+
+``τ`` is counted in server versions. Every function is 1 at ``τ = 0`` and never increases with ``τ``: stale updates
+weigh less. (The FedCompass repository and legacy APPFL use ``(τ+1)^(+a)``, which makes stale updates weigh more;
+that is a bug, and a test pins the sign here.)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+StalenessFn = Callable[[int], float]
+
+STALENESS_KINDS = ("constant", "polynomial", "hinge")
+
+
+def constant(tau: int) -> float:
+    """``s(τ) = 1``."""
+    return 1.0
+
+
+def polynomial(tau: int, a: float = 0.5) -> float:
+    """``s(τ) = (τ + 1)^(−a)``."""
+    return (tau + 1.0) ** (-a)
+
+
+def hinge(tau: int, a: float = 10.0, b: float = 4.0) -> float:
+    """``s(τ) = 1`` if ``τ ≤ b``, else ``1 / (a·(τ − b) + 1)``."""
+    if tau <= b:
+        return 1.0
+    return 1.0 / (a * (tau - b) + 1.0)
+
+
+def make_staleness(kind: str = "polynomial", a: float | None = None, b: float | None = None) -> StalenessFn:
+    """Build ``s(τ)`` from a strategy's ``staleness``, ``staleness_a`` and ``staleness_b`` settings.
+
+    Defaults follow FedAsync: polynomial ``a = 0.5``; hinge ``a = 10``, ``b = 4``.
+    """
+    if kind == "constant":
+        return constant
+    if kind == "polynomial":
+        pa = 0.5 if a is None else float(a)
+        if not math.isfinite(pa) or pa < 0:
+            raise ValueError(f"staleness_a must be a finite number >= 0 for polynomial staleness, got {a!r}")
+        return lambda tau: polynomial(tau, pa)
+    if kind == "hinge":
+        ha = 10.0 if a is None else float(a)
+        hb = 4.0 if b is None else float(b)
+        if ha < 0 or hb < 0:
+            raise ValueError(f"staleness_a and staleness_b must be >= 0 for hinge staleness, got a={a!r}, b={b!r}")
+        return lambda tau: hinge(tau, ha, hb)
+    raise ValueError(f"unknown staleness function {kind!r}; accepted: {', '.join(STALENESS_KINDS)}")

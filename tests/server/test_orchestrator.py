@@ -1,0 +1,204 @@
+"""The orchestrator over the scripted virtual transport: validation, stop conditions, membership, resume."""
+
+import numpy as np
+import pytest
+
+from fedhive.server import checkpoint as ckpt
+from fedhive.server.orchestrator import Observer, Orchestrator, StopCondition
+from fedhive.server.transport import Result
+from fedhive.sim.virtual import VirtualTransport
+from fedhive.strategies import STRATEGIES, build
+from fedhive.strategies.base import ClientInfo, Update
+from scripted import durations, pull_toward, run, scenario
+
+ALL = list(STRATEGIES)
+PARAMS = {"fedbuff": {"buffer_size": 2}, "fedcompass": {"q_min": 5, "q_max": 20, "speed_model": "per_step"},
+          "fedasmu": {}, "fedavg": {}, "fedasync": {}, "fedfix": {}}
+
+
+def evaluate(params):
+    return {"accuracy": float(1.0 / (1.0 + np.abs(params[0]).sum())), "loss": float(np.abs(params[0]).sum())}
+
+
+class Snapshots(Observer):
+    """Checks that a rejected update leaves the model and version exactly as they were."""
+
+    def __init__(self):
+        self.strategy = None
+        self.last = None
+        self.rejections = []
+
+    def on_start(self, strategy, now):
+        self.strategy = strategy
+        self._take()
+
+    def _take(self):
+        self.last = (self.strategy.version, [p.copy() for p in self.strategy.params])
+
+    def on_update(self, update, outcome, client, staleness, duration, now):
+        self._take()
+
+    def on_failure(self, node_id, reason, now):
+        self._take()
+
+    def on_reject(self, reason, node_id, now):
+        version, params = self.last
+        assert self.strategy.version == version
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(self.strategy.params, params))
+        self.rejections.append(reason)
+
+
+def corrupting(kind, bad_node=1, bad_task=3):
+    """The scenario's clients, except that task ``bad_task`` replies with a malformed update of ``kind``."""
+    cls, targets, speeds, init = scenario()
+    good = pull_toward(targets)
+
+    def train(node, task_id, task, params):
+        u = good(node, task_id, task, params)
+        if task_id != bad_task:
+            return u
+        p = [a.copy() for a in u.params]
+        if kind == "shape":
+            p[0] = np.zeros(4, np.float32)
+        elif kind == "dtype":
+            p[0] = p[0].astype(np.float64)
+        elif kind == "non_finite":
+            p[1][0, 0] = np.nan
+        elif kind == "tensor_count":
+            p = p[:1]
+        elif kind == "unknown_node":
+            return Update(99, u.base_version, p, u.num_examples, {})
+        elif kind == "node_mismatch":
+            return Update((node + 1) % 4, u.base_version, p, u.num_examples, {})
+        elif kind == "future_version":
+            return Update(node, u.base_version + 1000, p, u.num_examples, {})
+        elif kind == "duplicate":
+            return [u, u]
+        elif kind == "num_examples":
+            return Update(node, u.base_version, p, -5, {})
+        return Update(node, u.base_version, p, u.num_examples, {})
+
+    return cls, speeds, init, train
+
+
+@pytest.mark.parametrize("kind", ["shape", "dtype", "non_finite", "tensor_count", "unknown_node", "node_mismatch",
+                                  "future_version", "duplicate", "num_examples"])
+@pytest.mark.parametrize("strategy", ["fedasync", "fedbuff", "fedavg"])
+def test_each_malformed_update_is_rejected_and_changes_nothing(kind, strategy):
+    cls, speeds, init, train = corrupting(kind)
+    obs = Snapshots()
+    orch = Orchestrator(build(strategy, PARAMS[strategy]), VirtualTransport(cls, durations(speeds), train),
+                        stop=StopCondition(max_time=20.0), observer=obs)
+    res = orch.run(init)
+    assert obs.rejections == [kind]
+    assert res.counters[f"rejected_{kind}"] == 1
+    assert res.final["version"] > 3  # the run went on
+
+
+def test_unknown_task_is_rejected():
+    cls, targets, speeds, init = scenario()
+    transport = VirtualTransport(cls, durations(speeds), pull_toward(targets))
+    transport.inject(0.5, Result(12345, Update(0, 0, [np.ones(3, np.float32), np.ones((2, 3), np.float32)], 1, {}),
+                                 0.5))
+    obs = Snapshots()
+    res = Orchestrator(build("fedasync"), transport, stop=StopCondition(max_time=5.0), observer=obs).run(init)
+    assert obs.rejections == ["unknown_task"]
+    assert res.counters["rejected"] == 1
+
+
+@pytest.mark.parametrize("strategy", ALL)
+def test_checkpoint_resume_continues_bit_identically(strategy, tmp_path):
+    stop = StopCondition(max_time=40.0)
+    full, _, _ = run(strategy, PARAMS[strategy], stop=stop, evaluate=evaluate, eval_every_versions=3,
+                     checkpoint_dir=tmp_path / "a", checkpoint_every=4, keep_checkpoints=1000)
+    files = sorted((tmp_path / "a").glob("ckpt-*.npz"))
+    assert len(files) >= 3, "the run should have checkpointed several times"
+    middle = files[len(files) // 2]
+    cls, targets, speeds, init = scenario()
+    transport = VirtualTransport(cls, durations(speeds, 0.3), pull_toward(targets))
+    resumed = Orchestrator(build(strategy, PARAMS[strategy]), transport, stop=stop, evaluate=evaluate,
+                           eval_every_versions=3, checkpoint_dir=tmp_path / "b", checkpoint_every=4
+                           ).run(resume_from=middle)
+    assert ckpt.load(middle)["strategy"]["version"] < full.final["version"]
+    assert resumed.final["version"] == full.final["version"]
+    assert resumed.final["client_updates"] == full.final["client_updates"]
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(resumed.params, full.params))
+    assert resumed.history == full.history
+
+
+def test_resume_refuses_another_strategy(tmp_path):
+    run("fedasync", stop=StopCondition(max_time=5.0), checkpoint_dir=tmp_path, checkpoint_every=1)
+    cls, targets, speeds, _ = scenario()
+    orch = Orchestrator(build("fedbuff"), VirtualTransport(cls, durations(speeds), pull_toward(targets)),
+                        stop=StopCondition(max_time=10.0))
+    with pytest.raises(ValueError, match="written by strategy 'fedasync'"):
+        orch.run(resume_from=ckpt.latest(tmp_path))
+
+
+def test_stop_conditions():
+    assert run("fedasync", stop=StopCondition(max_versions=7))[0].final["version"] == 7
+    r = run("fedbuff", {"buffer_size": 3}, stop=StopCondition(max_updates=10))[0]
+    assert r.final["client_updates"] == 10 and r.stop_reason == "max_updates"
+    r = run("fedasync", stop=StopCondition(max_time=12.5))[0]
+    assert r.stop_reason == "max_time" and r.final["time"] == pytest.approx(12.5)
+    moved = lambda p: {"accuracy": float(1 - np.exp(-np.abs(p[1] - 1).sum())), "loss": 0.0}  # noqa: E731
+    r = run("fedasync", stop=StopCondition(target_accuracy=0.9, max_time=1000), evaluate=moved,
+            eval_every_versions=1)[0]
+    assert r.stop_reason == "target_accuracy" and r.history[-1]["accuracy"] >= 0.9
+    assert r.history[0]["accuracy"] == 0.0 and r.history[-2]["accuracy"] < 0.9
+    with pytest.raises(ValueError, match="at least one stop condition"):
+        Orchestrator(build("fedavg"), None, stop=StopCondition())
+    with pytest.raises(ValueError, match="max_time must be a number"):
+        StopCondition(max_time=-1)
+
+
+def test_periodic_evaluation_by_version_and_time():
+    r = run("fedasync", stop=StopCondition(max_versions=20), evaluate=evaluate, eval_every_versions=5)[0]
+    assert [h["version"] for h in r.history] == [0, 5, 10, 15, 20]
+    assert set(r.history[0]) == {"time", "version", "accuracy", "loss", "client_updates"}
+    r = run("fedasync", stop=StopCondition(max_time=10.0), evaluate=evaluate, eval_interval=2.5)[0]
+    times = [h["time"] for h in r.history]
+    assert times[:5] == pytest.approx([0.0, 2.5, 5.0, 7.5, 10.0])
+
+
+def test_joining_client_gets_work_and_leaving_client_is_failed():
+    cls, targets, speeds, init = scenario()
+    targets[7] = np.full(3, 2.0)
+    speeds[7] = 1.0
+    seen = []
+
+    class Watch(Observer):
+        def on_dispatch(self, task, client, now):
+            seen.append((task.node_id, now))
+
+        def on_failure(self, node_id, reason, now):
+            seen.append(("fail", node_id, reason, now))
+
+    transport = VirtualTransport(cls, durations(speeds), pull_toward(targets),
+                                 joins=[(5.0, ClientInfo(7, 70, "gpu"))], leaves=[(6.0, 3)])
+    strat = build("fedasync")
+    res = Orchestrator(strat, transport, stop=StopCondition(max_time=20.0), observer=Watch()).run(init)
+    assert (7, 5.0) in seen
+    assert ("fail", 3, "node_lost", 6.0) in seen
+    assert not any(n == 3 and t > 6.0 for n, t, *rest in [s for s in seen if s[0] != "fail"])
+    assert 7 in strat.clients and res.counters["failed_node_lost"] == 1
+
+
+def test_failed_tasks_reach_the_strategy_and_the_client_gets_new_work():
+    cls, targets, speeds, init = scenario()
+    fail = lambda node, task_id, task: 0.25 if task_id in (1, 2) else None  # noqa: E731
+    transport = VirtualTransport(cls, durations(speeds), pull_toward(targets), fail_after=fail)
+    res = Orchestrator(build("fedavg"), transport, stop=StopCondition(max_time=30.0)).run(init)
+    assert res.counters["failed_client_error"] == 2
+    assert res.final["version"] >= 3
+
+
+def test_transport_clock_reaches_the_strategy_in_order():
+    stamps = []
+
+    class Clock(Observer):
+        def on_update(self, update, outcome, client, staleness, duration, now):
+            stamps.append(now)
+
+    run("fedbuff", {"buffer_size": 2}, observer=Clock())
+    assert stamps == sorted(stamps) and len(stamps) > 10
