@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from rich.console import Console
@@ -32,6 +34,88 @@ def _not_yet(what: str, issue: str):
     return run
 
 
+def _value(text: str):
+    """A command-line value: JSON if it parses (numbers, true/false, null, lists), else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _pairs(items: Sequence[str], what: str) -> dict:
+    out = {}
+    for item in items or ():
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"fedhive: bad {what} {item!r}: write KEY=VALUE, e.g. buffer_size=10")
+        out[key.strip()] = _value(val.strip())
+    return out
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from fedhive.sim.profiles import load_fleet, parse_mix
+    from fedhive.sim.runner import SimConfig, run_sim
+
+    fleet = load_fleet(args.fleet)
+    if args.mix:
+        fleet = fleet.with_mix(parse_mix(args.mix))
+    task_params = _pairs(args.task_param, "task parameter")
+    if args.alpha is not None:
+        task_params["alpha"] = args.alpha
+    cfg = SimConfig(strategy=args.strategy, fleet=fleet, budget=args.budget, seed=args.seed, task=args.task,
+                    task_params=task_params, strategy_params=_pairs(args.param, "strategy parameter"),
+                    client_config=_pairs(args.client, "client setting"), local_steps=args.local_steps,
+                    target=args.target, stop_at_target=args.stop_at_target, eval_interval=args.eval_interval,
+                    executor=args.executor, workers=args.workers, ray_address=args.ray_address)
+    console = Console()
+    res = run_sim(cfg, progress=not args.quiet)
+    res.pop("_params")
+    final = res["final"]
+    table = Table(title=f"fedhive sim: {args.strategy} on {args.task}, {fleet.size} clients {fleet.mix}, "
+                        f"seed {args.seed}")
+    for col in ("virtual s", "version", "accuracy", "loss", "client updates", "MB moved", "wall s"):
+        table.add_column(col, justify="right")
+    table.add_row(f"{final['time']:.0f}", str(final["version"]), f"{final['accuracy']:.4f}", f"{final['loss']:.4f}",
+                  f"{final['client_updates']:,}", f"{final['bytes'] / 1e6:,.1f}", f"{res['wall_seconds']:.1f}")
+    console.print(table)
+    if "time_to_target" in res:
+        t = res["time_to_target"]
+        console.print(f"time to {args.target:.0%}: " + (f"{t:.0f} virtual s" if t is not None else "not reached"))
+    rejected = {k: v for k, v in res["counters"].items() if k.startswith("rejected")}
+    if rejected or res["diverged"]:
+        console.print(f"[yellow]rejected updates: {rejected}; discarded (diverged) aggregations: {res['diverged']}[/]")
+    if args.out:
+        _write_json(Path(args.out) / "results.json", res)
+        console.print(f"wrote {Path(args.out) / 'results.json'}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from fedhive.sim.bench import DEFAULTS, ORDER, hetero
+    from fedhive.sim.profiles import parse_mix, scale_mix
+
+    params: dict[str, dict] = {}
+    for item in args.param or ():
+        name, sep, rest = item.partition(":")
+        if not sep:
+            raise SystemExit(f"fedhive: bad --param {item!r}: write STRATEGY:KEY=VALUE, e.g. fedasync:alpha=0.4")
+        params.setdefault(name, {}).update(_pairs([rest], "strategy parameter"))
+    mix = parse_mix(args.mix) if args.mix else dict(DEFAULTS["mix"])
+    if args.clients:
+        mix = scale_mix(mix, args.clients)
+    hetero(seed=args.seed, mix=mix, alpha=args.alpha, target=args.target,
+           budget=args.budget, long=args.long, long_budget=args.long_budget, out=args.out,
+           strategies=args.strategies.split(",") if args.strategies else ORDER,
+           strategy_params=params, executor=args.executor, workers=args.workers, ray_address=args.ray_address,
+           client_config=_pairs(args.client, "client setting"), progress=not args.quiet)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedhive", description="Asynchronous federated learning on Flower for "
                                 "fleets of unequal devices.")
@@ -39,8 +123,52 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("strategies", help="list the strategies and their parameters")
     s.set_defaults(func=_strategies)
-    for name, issue in (("sim", "virtual-time mode"), ("bench", "virtual-time benchmarks"),
-                        ("up", "local Flower cluster"), ("agent", "device agent")):
+
+    def executor_options(sp: argparse.ArgumentParser, default: str) -> None:
+        sp.add_argument("--executor", choices=("inline", "process", "ray"), default=default,
+                        help=f"where local training runs (default {default}); never changes the result")
+        sp.add_argument("--workers", type=int, default=None, help="worker processes for --executor process")
+        sp.add_argument("--ray-address", default=None, help="join this Ray cluster ('auto' for the local one)")
+        sp.add_argument("--client", action="append", metavar="KEY=VALUE",
+                        help="training setting for every client task (lr, batch_size, optimizer, ...)")
+        sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("sim", help="one run in virtual time")
+    s.add_argument("--strategy", required=True, help="fedavg, fedasync, fedbuff, fedfix, fedcompass or fedasmu")
+    s.add_argument("--task", default="mnist1d", help="mnist1d, synthetic or module:attribute")
+    s.add_argument("--fleet", default="hetero", help="a preset (hetero, small, pis, flaky, uniform) or a TOML file")
+    s.add_argument("--mix", default=None, help="override the fleet's device counts, e.g. gpu=5,cpu=20,rpi4=25")
+    s.add_argument("--budget", type=float, required=True, help="virtual seconds to simulate")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--alpha", type=float, default=None, help="Dirichlet label-skew concentration")
+    s.add_argument("--local-steps", type=int, default=20)
+    s.add_argument("--param", action="append", metavar="KEY=VALUE", help="strategy parameter (repeatable)")
+    s.add_argument("--task-param", action="append", metavar="KEY=VALUE", help="task parameter (repeatable)")
+    s.add_argument("--target", type=float, default=None, help="report the virtual time to this test accuracy")
+    s.add_argument("--stop-at-target", action="store_true", help="end the run when --target is reached")
+    s.add_argument("--eval-interval", type=float, default=None, help="virtual seconds between evaluations")
+    s.add_argument("--out", default=None, help="write DIR/results.json")
+    executor_options(s, "inline")
+    s.set_defaults(func=_sim)
+
+    b = sub.add_parser("bench", help="benchmarks in virtual time")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    h = bsub.add_parser("hetero", help="all strategies on one unequal fleet (BENCHMARK.md §1)")
+    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--clients", type=int, default=None, help="scale the default mix to this many clients")
+    h.add_argument("--mix", default=None, help="device counts, default gpu=5,cpu=20,rpi4=25")
+    h.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label-skew concentration")
+    h.add_argument("--budget", type=float, default=3000.0, help="cap on FedAvg's time to the target (virtual s)")
+    h.add_argument("--target", type=float, default=0.85, help="target test accuracy")
+    h.add_argument("--long", action="store_true", help="run every strategy to --long-budget (plateau accuracy)")
+    h.add_argument("--long-budget", type=float, default=2000.0)
+    h.add_argument("--strategies", default=None, help="comma-separated subset (fedavg is needed unless --long)")
+    h.add_argument("--param", action="append", metavar="STRATEGY:KEY=VALUE", help="strategy parameter")
+    h.add_argument("--out", default=None, help="write DIR/results.json and DIR/accuracy_vs_time.png")
+    executor_options(h, "process")
+    h.set_defaults(func=_bench)
+
+    for name, issue in (("up", "local Flower cluster"), ("agent", "device agent")):
         s = sub.add_parser(name, help=f"({issue}; not available yet)")
         s.set_defaults(func=_not_yet(name, issue))
     return p

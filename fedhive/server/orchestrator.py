@@ -30,6 +30,8 @@ from .transport import Dispatch, Failure, Result, Transport
 
 log = logging.getLogger("fedhive.orchestrator")
 
+_OUTCOME_KEYS = {"applied": "update_applied", "buffered": "update_buffered", "rejected": "update_rejected"}
+
 EvaluateFn = Callable[[Sequence[np.ndarray]], dict]
 
 
@@ -153,6 +155,7 @@ class Orchestrator:
         self._last_ckpt_version = -1
         self._accuracy: float | None = None
         self._start_time = 0.0
+        self._max_time_at: float | None = None
 
     # ------------------------------------------------------------------ public
     def run(self, initial_params: Sequence[np.ndarray] | None = None, *,
@@ -171,6 +174,7 @@ class Orchestrator:
             if self.eval_interval is not None:
                 self._next_eval_time = now + self.eval_interval
             self._evaluate(now)
+        self._max_time_at = None if self.stop.max_time is None else self._start_time + self.stop.max_time
         self.observer.on_start(self.strategy, self.transport.now())
         reason = self._loop()
         now = self.transport.now()
@@ -189,17 +193,17 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ the loop
     def _loop(self) -> str:
+        now = self.transport.now()
+        self._refresh_membership(now)
+        self._dispatch_idle(now)
         while True:
-            now = self.transport.now()
-            self._refresh_membership(now)
-            self._dispatch_idle(now)
             reason = self._should_stop(now)
             if reason:
                 return reason
             deadline = self._deadline()
             events = self.transport.wait(deadline)
             for ev in events:
-                if isinstance(ev, Result):
+                if type(ev) is Result:
                     self._on_result(ev)
                 else:
                     self._on_failure(ev)
@@ -215,10 +219,13 @@ class Orchestrator:
             if fired:
                 self.strategy.on_timer(now)
                 self._after_change(now)
-            if self.eval_interval is not None and self._next_eval_time is not None and now >= self._next_eval_time:
+            if self._next_eval_time is not None and now >= self._next_eval_time:
                 while self._next_eval_time <= now:
                     self._next_eval_time += self.eval_interval
                 self._evaluate(now)
+            if fired or not events:
+                self._refresh_membership(now)
+                self._dispatch_idle(now)
             if not events and not fired and not self._in_flight and deadline is None:
                 mv = self.transport.membership_version
                 if mv == -1 or mv == self._membership_seen:
@@ -226,14 +233,15 @@ class Orchestrator:
                     return "stalled"
 
     def _deadline(self) -> float | None:
-        times = [t for t in (self.strategy.next_timer(), self._next_eval_time) if t is not None]
-        if self.stop.max_time is not None:
-            times.append(self._start_time + self.stop.max_time)
-        return min(times) if times else None
+        deadline = self.strategy.next_timer()
+        for t in (self._next_eval_time, self._max_time_at):
+            if t is not None and (deadline is None or t < deadline):
+                deadline = t
+        return deadline
 
     def _should_stop(self, now: float) -> str:
         s = self.stop
-        if s.max_time is not None and now - self._start_time >= s.max_time:
+        if self._max_time_at is not None and now >= self._max_time_at:
             return "max_time"
         if s.max_versions is not None and self.strategy.version >= s.max_versions:
             return "max_versions"
@@ -333,7 +341,8 @@ class Orchestrator:
     def _on_result(self, ev: Result) -> None:
         u = ev.update
         now = ev.time
-        self.counters["received"] += 1
+        counters = self.counters
+        counters["received"] += 1
         rejection, ends_task = self._validate(ev)
         if rejection is not None:
             self._reject(ev, rejection, ends_task)
@@ -343,9 +352,9 @@ class Orchestrator:
         staleness = self.strategy.version - u.base_version
         outcome = self.strategy.on_update(u, now)
         self.client_updates += 1
-        self.counters[f"update_{outcome.status}"] += 1
+        counters[_OUTCOME_KEYS.get(outcome.status) or f"update_{outcome.status}"] += 1
         if outcome.reason:
-            self.counters[f"update_{outcome.status}_{outcome.reason}"] += 1
+            counters[f"update_{outcome.status}_{outcome.reason}"] += 1
         self.observer.on_update(u, outcome, client, staleness, now - d.sent_at, now)
 
     def _validate(self, ev: Result) -> tuple[Rejection | None, bool]:

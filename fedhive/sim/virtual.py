@@ -23,7 +23,7 @@ DurationFn = Callable[[int, int, Task], float]
 TrainFn = Callable[[int, int, Task, Sequence[np.ndarray]], "Update | list[Update]"]
 FailFn = Callable[[int, int, Task], "float | None"]
 
-_DONE, _FAIL, _JOIN, _LEAVE, _INJECT = range(5)
+_DONE, _FAIL, _JOIN, _LEAVE, _INJECT = range(5)  # subclasses add kinds from 16 on
 
 
 def _nbytes(params: Sequence[np.ndarray]) -> int:
@@ -97,32 +97,11 @@ class VirtualTransport(Transport):
             self._now = max(self._now, t)
             events: list[Event] = []
             membership_changed = False
+            membership = self._membership
             while self._heap and self._heap[0][0] == t:
                 _, _, kind, payload = heapq.heappop(self._heap)
-                if kind == _DONE:
-                    events.extend(self._complete(int(payload), t))
-                elif kind == _FAIL:
-                    task_id = int(payload)
-                    if task_id in self._tasks:
-                        task, _ = self._tasks.pop(task_id)
-                        events.append(Failure(task_id, task.node_id, "client_error", t))
-                elif kind == _JOIN:
-                    c = payload
-                    self._clients[c.node_id] = c
-                    membership_changed = True
-                elif kind == _LEAVE:
-                    node = int(payload)
-                    if self._clients.pop(node, None) is not None:
-                        membership_changed = True
-                    for task_id, (task, _) in list(self._tasks.items()):
-                        if task.node_id == node:
-                            del self._tasks[task_id]
-                            events.append(Failure(task_id, node, "node_lost", t))
-                else:
-                    events.append(payload)
-            if membership_changed:
-                self._membership += 1
-            if events or membership_changed:
+                self._handle(kind, payload, t, events)
+            if events or self._membership != membership:
                 return events
         if deadline is not None:
             self._now = max(self._now, deadline)
@@ -133,10 +112,9 @@ class VirtualTransport(Transport):
         while self._heap and self._heap[0][0] <= now and self._heap[0][2] in (_JOIN, _LEAVE):
             _, _, kind, payload = heapq.heappop(self._heap)
             if kind == _JOIN:
-                self._clients[payload.node_id] = payload
+                self._join(payload)
             else:
-                self._clients.pop(int(payload), None)
-            self._membership += 1
+                self._leave(int(payload), now, [])
         self._now = float(now)
         lost = []
         for d, params in in_flight:
@@ -147,6 +125,34 @@ class VirtualTransport(Transport):
         return lost
 
     # ------------------------------------------------------------------ internals
+    def _handle(self, kind: int, payload: object, t: float, events: list[Event]) -> None:
+        """Apply one queued event at time ``t``; append what the orchestrator must see to ``events``."""
+        if kind == _DONE:
+            events.extend(self._complete(int(payload), t))
+        elif kind == _FAIL:
+            task_id = int(payload)
+            if task_id in self._tasks:
+                task, _ = self._tasks.pop(task_id)
+                events.append(Failure(task_id, task.node_id, "client_error", t))
+        elif kind == _JOIN:
+            self._join(payload)
+        elif kind == _LEAVE:
+            self._leave(int(payload), t, events)
+        else:
+            events.append(payload)
+
+    def _join(self, client: ClientInfo) -> None:
+        self._clients[client.node_id] = client
+        self._membership += 1
+
+    def _leave(self, node: int, t: float, events: list[Event], reason: str = "node_lost") -> None:
+        if self._clients.pop(node, None) is not None:
+            self._membership += 1
+        for task_id, (task, _) in list(self._tasks.items()):
+            if task.node_id == node:
+                del self._tasks[task_id]
+                events.append(Failure(task_id, node, reason, t))
+
     def _push(self, t: float, kind: int, payload: object) -> None:
         heapq.heappush(self._heap, (t, next(self._seq), kind, payload))
 

@@ -187,7 +187,7 @@ class Strategy(ABC):
             if not 0 <= i < n:
                 raise ValueError(f"non_trainable index {i} is out of range for a model of {n} tensors")
         fixed = set(self._non_trainable_arg)
-        fixed.update(i for i, p in enumerate(self._params) if not np.issubdtype(p.dtype, np.floating))
+        fixed.update(i for i, p in enumerate(self._params) if not p.dtype.kind == "f")
         self._fixed = tuple(sorted(fixed))
         self._trainable = tuple(i for i in range(n) if i not in fixed)
         for c in clients:
@@ -283,7 +283,7 @@ class Strategy(ABC):
         """
         new_params = [np.asarray(p) for p in new_params]
         for p in new_params:
-            if np.issubdtype(p.dtype, np.floating) and not np.isfinite(p).all():
+            if p.dtype.kind == "f" and not np.isfinite(p).all():
                 self.diverged += 1
                 return False
         for p in new_params:

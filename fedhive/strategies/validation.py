@@ -47,6 +47,6 @@ def check_params(params: Sequence[np.ndarray], reference: Sequence[np.ndarray]) 
         if p.dtype != r.dtype:
             return Rejection("dtype", f"tensor {i} has dtype {p.dtype}, expected {r.dtype}")
     for i, p in enumerate(params):
-        if np.issubdtype(p.dtype, np.floating) and not np.isfinite(p).all():
+        if p.dtype.kind == "f" and not np.isfinite(p).all():
             return Rejection("non_finite", f"tensor {i} holds NaN or infinite values")
     return None

@@ -20,9 +20,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-# numpy block (and the size at which the fused path takes over): 64 Ki elements.
+# numpy block: 64 Ki elements. Tensors up to one block are summed whole in numpy; larger ones take the fused path.
 BLOCK = 65536
-FUSED_MIN = BLOCK
+FUSED_MIN = BLOCK + 1
 
 Term = tuple[float, Sequence[np.ndarray]]
 
@@ -81,13 +81,27 @@ def weighted_sum(
     if out is None:
         out = [np.empty_like(x, order="C") for x in first]
     idx = range(len(first)) if indices is None else indices
+    coefs = [float(c) for c, _ in terms]
     scratch: np.ndarray | None = None
     for t in idx:
-        o = out[t].reshape(-1)
+        o = out[t]
         n = o.size
         if n == 0:
             continue
-        xs = [(float(c), np.ascontiguousarray(x[t]).reshape(-1)) for c, x in terms]
+        if n <= BLOCK:  # the common case for small models: whole tensors, no blocking
+            if scratch is None or scratch.dtype != o.dtype or scratch.size < n:
+                scratch = np.empty(max(n, 256), dtype=o.dtype)
+            sb = scratch[:n].reshape(o.shape)
+            k = 0
+            if not accumulate:
+                np.multiply(terms[0][1][t], coefs[0], out=o)
+                k = 1
+            for c, (_, x) in zip(coefs[k:], terms[k:]):
+                np.multiply(x[t], c, out=sb)
+                np.add(o, sb, out=o)
+            continue
+        o = o.reshape(-1)
+        xs = [(c, x[t].reshape(-1)) for c, (_, x) in zip(coefs, terms)]
         if n >= FUSED_MIN and (torch := _fused()):
             _fused_sum(torch, o, xs, accumulate)
             continue
@@ -129,7 +143,7 @@ def _fused_sum(torch: Any, o: np.ndarray, xs: list[tuple[float, np.ndarray]], ac
 def mean_of(arrays: Sequence[np.ndarray]) -> np.ndarray:
     """Plain mean of same-shaped arrays, in their dtype (integers are rounded): for non-trainable tensors."""
     first = arrays[0]
-    if np.issubdtype(first.dtype, np.floating):
+    if first.dtype.kind == "f":
         acc = weighted_sum([(1.0 / len(arrays), [a]) for a in arrays])[0]
         return acc
     total = np.zeros(first.shape, dtype=np.float64)

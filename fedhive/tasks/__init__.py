@@ -13,9 +13,9 @@ import importlib
 import inspect
 from typing import Any
 
-from fedhive.tasks.base import LearningTask
+from fedhive.tasks.base import LearningTask, TrainJob
 
-__all__ = ["LearningTask", "load_task", "BUILTIN_TASKS"]
+__all__ = ["LearningTask", "TrainJob", "load_task", "BUILTIN_TASKS"]
 
 #: Built-in task names and where they live (imported only when asked for).
 BUILTIN_TASKS: dict[str, str] = {

@@ -15,7 +15,9 @@ import os
 import random
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedhive.tasks import partition as part
-from fedhive.tasks.base import LearningTask, _is_int, _is_real
+from fedhive.tasks.base import LearningTask, TrainJob, _BatchedModel, _is_int, _is_real
 
 __all__ = ["MNIST1D", "ConvBase", "load_mnist1d", "cache_dir"]
 
@@ -198,6 +200,7 @@ class ConvBase(nn.Module):
 
     def __init__(self, output_size: int = 10, channels: int = 25, input_length: int = 40):
         super().__init__()
+        self.input_length = int(input_length)
         self.conv1 = nn.Conv1d(1, channels, 5, stride=2, padding=1)
         self.conv2 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
         self.conv3 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
@@ -219,6 +222,65 @@ class ConvBase(nn.Module):
             h = self.conv2(h).relu()
             h = self.conv3(h).relu()
         return self.linear(h.flatten(1))
+
+
+class _BatchedConvBase(_BatchedModel):
+    """:class:`ConvBase` for many clients at once: every layer is one batched matrix product over the clients.
+
+    Activations are laid out ``(clients, channels, length, batch)``. In that layout each convolution is a gather
+    of the windows along the length axis (windows ordered kernel tap first) and one ``baddbmm`` with the weight as
+    stored, ``(out, in * kernel)``; the head reads ``(channels * length, batch)``, the reference flatten order,
+    with its weight as stored; logits come out as ``(clients, classes, batch)``, as cross-entropy takes them. So
+    no parameter is ever permuted, and the matrix products have the long ``length * batch`` axis last, the shape
+    that CPU matrix kernels handle fastest. The first layer's windows are cut once per chunk for all examples.
+    """
+
+    def __init__(self, model: ConvBase):
+        convs = [model.conv1, model.conv2, model.conv3]
+        if convs[0].in_channels != 1:
+            raise ValueError("the batched ConvBase expects one input channel")
+        self.channels = [c.out_channels for c in convs]
+        self.layers: list[tuple[int, int, torch.Tensor]] = []  # (padding, output length, window index)
+        length = model.input_length
+        for conv in convs:
+            kernel, stride, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+            out_len = (length + 2 * pad - kernel) // stride + 1
+            # Window positions ordered (kernel tap, output position): the gathered rows then are (in, tap) blocks
+            # of the weight's (out, in * kernel) layout, each a contiguous run of positions.
+            index = (torch.arange(kernel)[:, None] + torch.arange(out_len)[None, :] * stride).reshape(-1)
+            self.layers.append((pad, out_len, index))
+            length = out_len
+        self.kernel1 = convs[0].kernel_size[0]
+        self.classes = model.linear.out_features
+        self.shapes = [
+            (convs[0].out_channels, self.kernel1),
+            (convs[0].out_channels, 1),
+            (convs[1].out_channels, convs[1].in_channels * convs[1].kernel_size[0]),
+            (convs[1].out_channels, 1),
+            (convs[2].out_channels, convs[2].in_channels * convs[2].kernel_size[0]),
+            (convs[2].out_channels, 1),
+            (model.linear.out_features, model.linear.in_features),
+            (model.linear.out_features, 1),
+        ]
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        pad, _, index = self.layers[0]
+        x = x.reshape(x.shape[0], -1)
+        if pad:
+            x = F.pad(x, (pad, pad))
+        return x.index_select(1, index)  # (examples, kernel * out_len): the first layer's windows, tap-major
+
+    def forward(self, params: list[torch.Tensor], x: torch.Tensor, clients: int, batch: int) -> torch.Tensor:
+        w1, b1, w2, b2, w3, b3, wl, bl = params
+        length = self.layers[0][1]
+        cols = x.view(clients, batch, self.kernel1, length).permute(0, 2, 3, 1).reshape(clients, self.kernel1, -1)
+        h = torch.baddbmm(b1, w1, cols).relu_().view(clients, self.channels[0], length, batch)
+        for (pad, out_len, index), w, b in ((self.layers[1], w2, b2), (self.layers[2], w3, b3)):
+            if pad:
+                h = F.pad(h, (0, 0, pad, pad))
+            cols = h.index_select(2, index).view(clients, w.shape[2], out_len * batch)
+            h = torch.baddbmm(b, w, cols).relu_().view(clients, w.shape[1], out_len, batch)
+        return torch.baddbmm(bl, wl, h.view(clients, -1, batch))
 
 
 class MNIST1D(LearningTask):
@@ -333,6 +395,19 @@ class MNIST1D(LearningTask):
 
     def build_model(self) -> nn.Module:
         return ConvBase(output_size=10, channels=25, input_length=40)
+
+    def train_batch(self, jobs: Sequence[TrainJob]) -> list[tuple[list[np.ndarray], dict[str, Any]]]:
+        """Batched :meth:`~fedhive.tasks.base.LearningTask.train_batch`: all clients of a step in one pass.
+
+        Same contract as the base method. Up to 16 clients train together, their parameters stacked, each step
+        one batched forward and backward pass (see ``_BatchedConvBase``); about 2-3x faster per update than
+        separate :meth:`train` calls on one core. Falls back to the base loop for subclasses that change the model,
+        the loss or :meth:`train`, and off the CPU.
+        """
+        model = self._batched_model(MNIST1D, lambda: _BatchedConvBase(self._build_seeded(0)))
+        if model is None:
+            return super().train_batch(jobs)
+        return self._train_batched(jobs, model)
 
     def num_examples(self, client: int) -> int:
         return int(len(self.client_indices[self._check_client(client)]))

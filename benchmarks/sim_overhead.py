@@ -1,0 +1,76 @@
+"""The virtual-time engine's own overhead: events per second with no-op training (BENCHMARK.md §4).
+
+The scripted virtual transport, the orchestrator (with full update validation) and a real strategy, on a
+10-parameter model whose "training" returns the model it was sent: what is left is the engine. An event is one
+client result handled (validated, aggregated, the client re-dispatched).
+
+    .venv/bin/python benchmarks/sim_overhead.py [--clients 1000,10000] [--updates 100000] [--strategy fedasync]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from fedhive.server.orchestrator import Orchestrator, StopCondition
+from fedhive.sim.virtual import VirtualTransport
+from fedhive.strategies import build
+from fedhive.strategies.base import ClientInfo, Task, Update
+
+from machine import describe
+
+
+def run(clients: int, updates: int, strategy: str) -> dict:
+    cls = [ClientInfo(i, 100, "cpu") for i in range(clients)]
+
+    def duration(node: int, task_id: int, task: Task) -> float:
+        return 1.0 + ((node * 7919 + task_id * 104729) % 1000) / 1000.0  # spread arrivals deterministically
+
+    def train(node: int, task_id: int, task: Task, params) -> Update:
+        return Update(node, task.version, list(params), 100, {})
+
+    transport = VirtualTransport(cls, duration, train)
+    params = {"buffer_size": 10} if strategy == "fedbuff" else {}
+    orch = Orchestrator(build(strategy, params), transport, stop=StopCondition(max_updates=updates))
+    t0 = time.perf_counter()
+    res = orch.run([np.zeros(10, np.float32)])
+    wall = time.perf_counter() - t0
+    events = res.final["client_updates"]
+    return {"clients": clients, "strategy": strategy, "events": events, "wall_s": wall,
+            "events_per_s": events / wall, "virtual_s": res.final["time"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", default="1000,10000")
+    ap.add_argument("--updates", type=int, default=100_000)
+    ap.add_argument("--strategy", default="fedasync,fedbuff")
+    ap.add_argument("--out", default="benchmarks/results/sim_overhead.json")
+    args = ap.parse_args()
+    console = Console()
+    rows = []
+    for strategy in args.strategy.split(","):
+        for n in (int(c) for c in args.clients.split(",")):
+            with console.status(f"{strategy}, {n} clients"):
+                rows.append(run(n, args.updates, strategy))
+    t = Table(title=f"Engine overhead, no-op training, {args.updates:,} client updates per run")
+    for col in ("strategy", "clients", "events/s", "wall s"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(r["strategy"], f"{r['clients']:,}", f"{r['events_per_s']:,.0f}", f"{r['wall_s']:.2f}")
+    console.print(t)
+    m = describe()
+    console.print(f"machine: {m['cpu']}, {m['cores']} cores; command: .venv/bin/python benchmarks/sim_overhead.py")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": m, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+import pytest
+
+from fedhive.sim.profiles import DEVICE_CLASSES, PRESETS, FleetSpec, load_fleet, parse_mix, scale_mix
+
+
+def test_builtin_classes_follow_the_benchmark():
+    assert {"gpu", "cpu", "rpi5", "rpi4", "rpi-zero2"} <= set(DEVICE_CLASSES)
+    assert [DEVICE_CLASSES[c].seconds_per_step for c in ("gpu", "cpu", "rpi4")] == [0.01, 0.05, 0.25]
+    assert PRESETS["hetero"].mix == {"gpu": 5, "cpu": 20, "rpi4": 25} and PRESETS["hetero"].jitter == 0.3
+
+
+def test_transfer_time():
+    p = DEVICE_CLASSES["rpi4"]
+    assert p.transfer(5_000_000) == pytest.approx(0.05 + 1.0)
+
+
+def test_mix_parsing_and_scaling():
+    assert parse_mix("gpu=5, cpu=20,rpi4=25") == {"gpu": 5, "cpu": 20, "rpi4": 25}
+    with pytest.raises(ValueError, match="CLASS=COUNT"):
+        parse_mix("gpu:5")
+    assert scale_mix({"gpu": 5, "cpu": 20, "rpi4": 25}, 10) == {"gpu": 1, "cpu": 4, "rpi4": 5}
+    assert sum(scale_mix({"gpu": 5, "cpu": 20, "rpi4": 25}, 1000).values()) == 1000
+
+
+def test_fleet_validation_names_the_problem():
+    with pytest.raises(ValueError, match="unknown device class 'tpu'; known: gpu, cpu"):
+        FleetSpec({"tpu": 3})
+    with pytest.raises(ValueError, match="dropout is a probability"):
+        FleetSpec({"cpu": 3}, dropout=1.5)
+    with pytest.raises(ValueError, match="neither a preset"):
+        load_fleet("no-such-fleet")
+
+
+def test_toml_fleet_with_a_custom_class(tmp_path):
+    f = tmp_path / "fleet.toml"
+    f.write_text('jitter = 0.1\ndropout = 0.02\n[mix]\ncpu = 3\njetson = 2\n'
+                 '[classes.jetson]\nseconds_per_step = 0.02\nbandwidth = 5e7\nlatency = 0.01\n')
+    fleet = load_fleet(f)
+    assert fleet.size == 5 and fleet.classes() == ["cpu"] * 3 + ["jetson"] * 2
+    assert fleet.profile("jetson").seconds_per_step == 0.02 and fleet.jitter == 0.1 and fleet.dropout == 0.02
+    f.write_text("[mix]\ncpu = 3\n[speeds]\nx = 1\n")
+    with pytest.raises(ValueError, match="unknown fleet setting"):
+        load_fleet(f)
