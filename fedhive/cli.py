@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     def executor_options(sp: argparse.ArgumentParser, default: str) -> None:
         sp.add_argument("--executor", choices=("inline", "process", "ray"), default=default,
                         help=f"where local training runs (default {default}); never changes the result")
-        sp.add_argument("--workers", type=int, default=None, help="worker processes for --executor process")
+        sp.add_argument("--workers", type=int, default=None,
+                        help="worker processes: for --executor process; for bench with inline, runs side by side")
         sp.add_argument("--ray-address", default=None, help="join this Ray cluster ('auto' for the local one)")
         sp.add_argument("--client", action="append", metavar="KEY=VALUE",
                         help="training setting for every client task (lr, batch_size, optimizer, ...)")
@@ -165,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--strategies", default=None, help="comma-separated subset (fedavg is needed unless --long)")
     h.add_argument("--param", action="append", metavar="STRATEGY:KEY=VALUE", help="strategy parameter")
     h.add_argument("--out", default=None, help="write DIR/results.json and DIR/accuracy_vs_time.png")
-    executor_options(h, "process")
+    executor_options(h, "inline")
     h.set_defaults(func=_bench)
 
     for name, issue in (("up", "local Flower cluster"), ("agent", "device agent")):
@@ -176,7 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as exc:
+        # Bad settings (names, values, files): say what was wrong and what is accepted, without a traceback.
+        print(f"fedhive {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fedhive {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import numpy as np
 from fedhive.strategies.base import ClientInfo, Task, Update
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Dispatch:
     """A task in flight: its id, the task, and when it was sent."""
 
@@ -25,7 +25,7 @@ class Dispatch:
     sent_at: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Result:
     """A client's reply to task ``task_id``, received at ``time``."""
 
@@ -35,7 +35,7 @@ class Result:
     info: dict = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Failure:
     """Task ``task_id`` on ``node_id`` will not come back (``reason``: node_lost, timeout, client_error, ...)."""
 

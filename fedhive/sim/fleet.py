@@ -6,9 +6,10 @@ With probability ``dropout`` the device drops out at a uniform moment of the tas
 device leaves, and it rejoins after an exponential delay. Every random draw comes from a generator seeded with
 ``(seed, node, task id)``, so nothing depends on the order in which things are computed.
 
-Training is real (``LearningTask.train_batch``) and runs ahead of virtual time: jobs wait in one pool per device class
-and are sent to the executor as a chunk once ``chunk_size`` are waiting, or when the simulation needs one of them.
-Chunks are formed from the event sequence alone, so the result is the same for every executor and worker count.
+Training is real (``LearningTask.train_batch``) and runs ahead of virtual time: jobs wait in one pool and are sent to
+the executor as a chunk once ``chunk_size`` are waiting, or when the simulation needs one of them. Chunks are formed
+from the event sequence alone, so the result is the same for every executor and worker count. A chunk asks the
+executor for the largest resources of its devices' classes (a chunk with a GPU-class job asks for a GPU share).
 
 FedASMU tasks (``fetch_step`` in their config) train in two jobs: the first ``fetch_step`` steps; then, at the
 virtual moment the device reaches that step, it asks the server for the newest model (a function call standing in
@@ -91,7 +92,7 @@ class SimTransport(VirtualTransport):
     """
 
     def __init__(self, task: LearningTask, fleet: FleetSpec, *, seed: int, executor: Executor,
-                 cost_factor: float = 1.0, chunk_size: int = 16, client_config: dict | None = None,
+                 cost_factor: float = 1.0, chunk_size: int = 8, client_config: dict | None = None,
                  global_model: GlobalModel | None = None) -> None:
         if fleet.size != task.num_clients:
             raise ValueError(f"the fleet has {fleet.size} devices but the task is split for {task.num_clients} "
@@ -112,7 +113,7 @@ class SimTransport(VirtualTransport):
         clients = [ClientInfo(i, task.num_examples(i), c) for i, c in enumerate(self.classes)]
         self._info = {c.node_id: c for c in clients}
         self._flights: dict[int, _Flight] = {}
-        self._pools: dict[str, list[_Job]] = {}
+        self._pool: list[_Job] = []
         self.fetch_count = 0
         self.fetch_bytes = 0
         self.fetch_log: list[tuple[float, int, int]] = []  # (virtual time, task id, version fetched)
@@ -177,26 +178,27 @@ class SimTransport(VirtualTransport):
     def _enqueue(self, node: int, task_id: int, params: Sequence[np.ndarray], config: dict, phase: int) -> _Job:
         config = {**self.client_config, **config}
         config.pop("fetch_step", None)
-        cls = self.classes[node]
-        job = _Job(TrainJob(params, node, config, _seed(self.seed, node, task_id, phase)), cls)
-        pool = self._pools.setdefault(cls, [])
-        pool.append(job)
-        if len(pool) >= self.chunk_size:
-            self._flush(cls)
+        job = _Job(TrainJob(params, node, config, _seed(self.seed, node, task_id, phase)), self.classes[node])
+        self._pool.append(job)
+        if len(self._pool) >= self.chunk_size:
+            self._flush()
         return job
 
-    def _flush(self, cls: str) -> None:
-        pool = self._pools.get(cls)
+    def _flush(self) -> None:
+        pool, self._pool = self._pool, []
         if not pool:
             return
-        self._pools[cls] = []
-        handle = self.executor.submit([j.job for j in pool], self.fleet.profile(cls).resources)
+        resources: dict[str, float] = {}
+        for cls in dict.fromkeys(j.device_class for j in pool):
+            for k, v in self.fleet.profile(cls).resources.items():
+                resources[k] = max(resources.get(k, 0.0), float(v))
+        handle = self.executor.submit([j.job for j in pool], resources)
         for i, j in enumerate(pool):
             j.handle, j.index = handle, i
 
     def _result(self, job: _Job) -> tuple[list[np.ndarray], dict]:
         if job.handle is None:
-            self._flush(job.device_class)
+            self._flush()
         assert job.handle is not None
         return job.handle.result()[job.index]
 

@@ -21,7 +21,7 @@ import numpy as np
 Params = list[np.ndarray]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClientInfo:
     """A client as the strategy sees it.
 
@@ -40,7 +40,7 @@ class ClientInfo:
     device_class: str = "unknown"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Task:
     """Work for one client: train on the global model at ``version`` with ``config``.
 
@@ -53,7 +53,7 @@ class Task:
     config: dict = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Update:
     """A client's result: its trained model, the version it started from, its examples and metrics."""
 
@@ -64,7 +64,7 @@ class Update:
     metrics: dict = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What a strategy did with an update.
 

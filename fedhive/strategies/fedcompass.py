@@ -88,7 +88,7 @@ from .base import APPLIED, BUFFERED, ClientInfo, Outcome, Params, Strategy, Task
 from .staleness import STALENESS_KINDS, make_staleness
 from .weighted_sum import mean_of, weighted_sum
 
-CLIENT_WEIGHTS = ("samples", "equal")
+CLIENT_WEIGHTS = ("samples", "equal", "group")
 SPEED_MODELS = ("per_step", "affine")
 
 MIN_SECONDS_PER_STEP = 1e-9
@@ -136,7 +136,9 @@ class FedCompass(Strategy):
     staleness, staleness_a, staleness_b
         The staleness function ``s(τ)`` (see ``fedhive.strategies.staleness``).
     client_weights : str
-        ``"samples"`` (``c_j = n_j / Σ n``) or ``"equal"`` (``c_j = 1/N``).
+        ``"samples"`` (``c_j = n_j / Σ n``), ``"equal"`` (``c_j = 1/N``), or ``"group"`` (``c_j = n_j / Σ_{i∈M} n_i``
+        over the updates merged in this step, so every step is a full FedAvg-sized step: [OURS], not the paper's
+        rule, offered because with tens of clients the paper's per-client weights make each group step tiny).
     speed_model : str
         ``"per_step"`` (seconds per step, the paper's) or ``"affine"`` (overhead + steps × seconds per step).
     non_trainable : sequence of int
@@ -427,7 +429,11 @@ class FedCompass(Strategy):
         Non-trainable tensors take the client's value (``single``) or the members' plain mean.
         """
         v = self._version
-        coefs = [self._coefficient(j, ts) for j, ts, _ in entries]
+        if self.client_weights == "group":
+            total = sum(self._weight(j) for j, _, _ in entries) or 1.0
+            coefs = [self.alpha * self._s(v - ts) * self._weight(j) / total for j, ts, _ in entries]
+        else:
+            coefs = [self._coefficient(j, ts) for j, ts, _ in entries]
         base: dict[int, float] = {}
         for (_, ts, _), c in zip(entries, coefs):
             base[ts] = base.get(ts, 0.0) + c
