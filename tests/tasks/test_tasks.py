@@ -423,7 +423,7 @@ def test_mnist1d_learns(start):
     elapsed = time.perf_counter() - t0
     accuracy = central.evaluate(params)["accuracy"]
     assert accuracy > 0.8, accuracy
-    assert elapsed < 15, elapsed
+    assert elapsed < 60, elapsed  # a few seconds when the machine is idle; generous so a busy CI machine passes
     assert metrics["loss"] < metrics["loss_before"]
 
 
