@@ -16,9 +16,7 @@ on one core (fedhive's kernel always does; see ``weighted_sum.py`` for why).
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
@@ -28,7 +26,7 @@ from rich.table import Table
 
 from fedhive.strategies.weighted_sum import weighted_sum
 
-from machine import describe
+from machine import save
 
 TENSOR = 1_000_000
 
@@ -105,12 +103,7 @@ def main() -> None:
                       f"{r['fedhive_gbps'] / r['copy_gbps']:.0%}", f"{fl:.2f}" if fl else "-",
                       f"{r['fedhive_gbps'] / fl:.1f}×" if fl else "-", f"{r['fedhive_updates_per_s']:.0f}")
     console.print(table)
-    machine = describe()
-    console.print(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
-    console.print(f"wrote {out}")
+    save(console, args.out, rows)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import sys
+from pathlib import Path
 
 
 def describe() -> dict:
@@ -24,3 +27,14 @@ def describe() -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem_gib, "python": platform.python_version(),
             "system": f"{platform.system()} {platform.machine()}"}
+
+
+def save(console, out: str | Path, rows: list[dict]) -> None:
+    """Print the machine and the command, and write ``{"machine", "command", "rows"}`` as JSON to ``out``."""
+    m = describe()
+    command = " ".join([".venv/bin/python", *sys.argv])
+    console.print(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; command: {command}")
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": m, "command": command, "rows": rows}, indent=2))
+    console.print(f"wrote {path}")

@@ -10,9 +10,7 @@ client result handled (validated, aggregated, the client re-dispatched).
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -23,7 +21,7 @@ from fedhive.sim.virtual import VirtualTransport
 from fedhive.strategies import build
 from fedhive.strategies.base import ClientInfo, Task, Update
 
-from machine import describe
+from machine import save
 
 
 def run(clients: int, updates: int, strategy: str) -> dict:
@@ -65,11 +63,7 @@ def main() -> None:
     for r in rows:
         t.add_row(r["strategy"], f"{r['clients']:,}", f"{r['events_per_s']:,.0f}", f"{r['wall_s']:.2f}")
     console.print(t)
-    m = describe()
-    console.print(f"machine: {m['cpu']}, {m['cores']} cores; command: .venv/bin/python benchmarks/sim_overhead.py")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": m, "rows": rows}, indent=2))
+    save(console, args.out, rows)
 
 
 if __name__ == "__main__":
