@@ -15,7 +15,7 @@ import numpy as np
 from fedhive.server.orchestrator import Observer, Orchestrator, StopCondition
 from fedhive.strategies import build, parameters
 from fedhive.strategies.base import Strategy
-from fedhive.tasks import LearningTask, load_task
+from fedhive.tasks import LearningTask
 
 from .executor import TaskSpec, make_executor
 from .fleet import SimTransport

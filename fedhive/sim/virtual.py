@@ -96,7 +96,6 @@ class VirtualTransport(Transport):
                 break
             self._now = max(self._now, t)
             events: list[Event] = []
-            membership_changed = False
             membership = self._membership
             while self._heap and self._heap[0][0] == t:
                 _, _, kind, payload = heapq.heappop(self._heap)

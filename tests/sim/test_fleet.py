@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fedhive.server.orchestrator import Observer, Orchestrator, StopCondition
-from fedhive.sim.executor import InlineExecutor, TaskSpec, make_executor
+from fedhive.sim.executor import InlineExecutor
 from fedhive.sim.fleet import SimTransport
 from fedhive.sim.profiles import DeviceProfile, FleetSpec
 from fedhive.sim.runner import SimConfig, run_sim
