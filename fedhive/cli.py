@@ -26,14 +26,6 @@ def _strategies(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_yet(what: str, issue: str):
-    def run(args: argparse.Namespace) -> int:
-        print(f"fedhive {what} is not available in this version yet ({issue}).", file=sys.stderr)
-        return 2
-
-    return run
-
-
 def _value(text: str):
     """A command-line value: JSON if it parses (numbers, true/false, null, lists), else the string."""
     try:
@@ -116,6 +108,38 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _up(args: argparse.Namespace) -> int:
+    from fedhive.up import up
+
+    up(strategy=args.strategy, agents=args.agents, mix=args.mix, duration=args.duration, task=args.task, out=args.out,
+       metrics_address=args.metrics_address, settings=_pairs(args.set, "run-config setting"), emulate=args.emulate)
+    return 0
+
+
+def _agent(args: argparse.Namespace) -> int:
+    import logging
+
+    from fedhive.client.agent import Agent, AgentOptions
+    from fedhive.client.profile import detect
+
+    profile = detect()
+    if args.print_profile:
+        info = profile.as_dict()
+        if args.device_class != "auto":
+            info["device_class"] = args.device_class
+        print(json.dumps(info, indent=2))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    opts = AgentOptions(superlink=args.superlink, partition_id=args.partition_id, num_partitions=args.num_partitions,
+                        data_dir=args.data_dir, device_class=args.device_class, port=args.port,
+                        insecure=args.insecure, root_certificates=args.root_certificates,
+                        auth_private_key=args.auth_supernode_private_key,
+                        auth_public_key=args.auth_supernode_public_key, slowdown=args.slowdown,
+                        worker=not args.no_worker, max_backoff=args.max_backoff, state_dir=args.state_dir,
+                        node_config=_pairs(args.node_config, "node config"))
+    return Agent(opts, profile).run()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedhive", description="Asynchronous federated learning on Flower for "
                                 "fleets of unequal devices.")
@@ -169,9 +193,37 @@ def build_parser() -> argparse.ArgumentParser:
     executor_options(h, "inline")
     h.set_defaults(func=_bench)
 
-    for name, issue in (("up", "local Flower cluster"), ("agent", "device agent")):
-        s = sub.add_parser(name, help=f"({issue}; not available yet)")
-        s.set_defaults(func=_not_yet(name, issue))
+    u = sub.add_parser("up", help="a local Flower cluster: SuperLink, emulated devices, one fedhive run")
+    u.add_argument("--strategy", default="fedcompass", help="fedavg, fedasync, fedbuff, fedfix, fedcompass, fedasmu")
+    u.add_argument("--agents", type=int, default=None, help="number of devices (default 6: the --mix)")
+    u.add_argument("--mix", default=None, help="device classes, default gpu=1,cpu=2,rpi4=3")
+    u.add_argument("--duration", type=float, default=240.0, help="seconds of training (default 240)")
+    u.add_argument("--task", default="mnist1d")
+    u.add_argument("--out", default=None, help="run folder (default runs/up-DATE); no live screen")
+    u.add_argument("--metrics-address", default="", help="HOST:PORT for the server's Prometheus endpoint")
+    u.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key (repeatable)")
+    u.add_argument("--emulate", choices=("auto", "cgroup", "slowdown", "none"), default="auto",
+                   help="how device classes get their speed (default: cgroup CPU quota if writable)")
+    u.set_defaults(func=_up)
+
+    a = sub.add_parser("agent", help="run on a device: profile it and serve Flower's SuperNode")
+    a.add_argument("--superlink", default="127.0.0.1:9092", help="SuperLink Fleet API address HOST:PORT")
+    a.add_argument("--partition-id", type=int, default=0, help="which part of the training data this device holds")
+    a.add_argument("--num-partitions", type=int, default=1)
+    a.add_argument("--data-dir", default="", help="the device's data and cache folder")
+    a.add_argument("--device-class", default="auto", help="auto (from the profile), gpu, cpu, rpi5, rpi4, rpi-zero2")
+    a.add_argument("--port", type=int, default=9094, help="the SuperNode's local port (distinct per node on a host)")
+    a.add_argument("--insecure", action="store_true", help="plain text to the SuperLink (no TLS)")
+    a.add_argument("--root-certificates", default="", help="CA certificate of the SuperLink (TLS)")
+    a.add_argument("--auth-supernode-private-key", default="", help="node authentication: private key")
+    a.add_argument("--auth-supernode-public-key", default="", help="node authentication: public key")
+    a.add_argument("--slowdown", type=float, default=1.0, help="emulate a slower device: wait (x-1) x compute time")
+    a.add_argument("--no-worker", action="store_true", help="no warm worker: every ClientApp loads torch and data")
+    a.add_argument("--max-backoff", type=float, default=60.0, help="longest wait between SuperNode restarts (s)")
+    a.add_argument("--state-dir", default="", help="folder for the worker socket (default: a temporary one)")
+    a.add_argument("--node-config", action="append", metavar="KEY=VALUE", help="extra node config (repeatable)")
+    a.add_argument("--print-profile", action="store_true", help="print the detected profile and device class, exit")
+    a.set_defaults(func=_agent)
     return p
 
 

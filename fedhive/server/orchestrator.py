@@ -158,6 +158,11 @@ class Orchestrator:
         self._max_time_at: float | None = None
 
     # ------------------------------------------------------------------ public
+    @property
+    def start_time(self) -> float:
+        """The transport time at which the run started (kept across a resume)."""
+        return self._start_time
+
     def run(self, initial_params: Sequence[np.ndarray] | None = None, *,
             resume_from: str | Path | None = None) -> RunResult:
         """Run until the stop condition. Start from ``initial_params`` or resume from a checkpoint file."""
@@ -368,6 +373,8 @@ class Orchestrator:
             if 0 <= ev.task_id < self._next_task_id:
                 return Rejection("duplicate", f"task {ev.task_id} already ended"), False
             return Rejection("unknown_task", f"task {ev.task_id} was never dispatched"), False
+        if ev.info.get("malformed"):
+            return Rejection("malformed", str(ev.info["malformed"])), True
         if u.node_id != d.task.node_id:
             return Rejection("node_mismatch", f"task {ev.task_id} went to node {d.task.node_id}, the reply names "
                                               f"node {u.node_id}"), True

@@ -8,12 +8,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import numpy as np
 
+from fedhive.server.build import Fanout, strategy_for_task
 from fedhive.server.orchestrator import Observer, Orchestrator, StopCondition
-from fedhive.strategies import build, parameters
 from fedhive.strategies.base import Strategy
 from fedhive.tasks import LearningTask
 
@@ -69,35 +68,7 @@ def make_task(cfg: SimConfig) -> tuple[LearningTask, TaskSpec]:
 
 
 def make_strategy(cfg: SimConfig, task: LearningTask) -> Strategy:
-    params = dict(cfg.strategy_params)
-    accepted = parameters(cfg.strategy)
-    if "local_steps" in accepted:
-        params.setdefault("local_steps", cfg.local_steps)
-    params.setdefault("non_trainable", task.non_trainable())
-    if cfg.strategy == "fedasmu" and task.validation_batch() is not None:
-        params.setdefault("validation_fn", validation_gradient(task))
-    return build(cfg.strategy, params)
-
-
-def validation_gradient(task: LearningTask) -> Callable[[Sequence[np.ndarray]], tuple[float, list[np.ndarray]]]:
-    """``params -> (loss, gradient)`` on the task's server-side validation batch (FedASMU's meta step)."""
-    import torch
-
-    model = task.build_model()
-    names = task.param_names()
-    x, y = task.validation_batch()  # type: ignore[misc]
-
-    def fn(params: Sequence[np.ndarray]) -> tuple[float, list[np.ndarray]]:
-        state = {n: torch.from_numpy(np.array(p, copy=True)) for n, p in zip(names, params)}
-        model.load_state_dict(state)
-        model.train()
-        trainable = dict(model.named_parameters())
-        loss = task.loss_fn(model(x), y)
-        grads = torch.autograd.grad(loss, list(trainable.values()))
-        by_name = {n: g.detach().numpy() for n, g in zip(trainable, grads)}
-        return float(loss.detach()), [by_name.get(n, np.zeros_like(p)).astype(p.dtype) for n, p in zip(names, params)]
-
-    return fn
+    return strategy_for_task(cfg.strategy, cfg.strategy_params, task, cfg.local_steps)
 
 
 class Progress(Observer):
@@ -157,7 +128,7 @@ def run_sim(cfg: SimConfig, *, progress: bool = False, observer: Observer | None
     if bar is not None:
         observers.append(bar)
     orch = Orchestrator(strategy, transport, stop=stop, evaluate=task.evaluate, eval_interval=interval,
-                        observer=_Fanout(observers), checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
+                        observer=Fanout(observers), checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
     t0 = time.perf_counter()
     import torch
 
@@ -214,19 +185,3 @@ def time_to_target(history: Sequence[dict], target: float) -> float | None:
         if h["accuracy"] >= target:
             return float(h["time"])
     return None
-
-
-class _Fanout(Observer):
-    def __init__(self, observers: Sequence[Observer]) -> None:
-        self._obs = list(observers)
-
-    def __getattribute__(self, name: str) -> Any:
-        if name.startswith("on_"):
-            obs = object.__getattribute__(self, "_obs")
-
-            def call(*args: Any, **kw: Any) -> None:
-                for o in obs:
-                    getattr(o, name)(*args, **kw)
-
-            return call
-        return object.__getattribute__(self, name)

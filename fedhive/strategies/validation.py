@@ -24,6 +24,7 @@ REASONS = (
     "dtype",
     "non_finite",
     "num_examples",
+    "malformed",
 )
 
 

@@ -1,0 +1,235 @@
+"""``fedhive agent``: the program a device runs.
+
+It profiles the device (:mod:`fedhive.client.profile`), keeps a warm worker (:mod:`fedhive.client.worker`: torch,
+the data and the model stay loaded between Flower's per-message ClientApp processes), and runs Flower's own
+``flower-supernode`` with the profile, the data partition and the worker's socket in ``--node-config``. If the
+SuperNode exits it is restarted with capped exponential backoff, for as long as the agent runs. SIGTERM or SIGINT
+stops the SuperNode's whole process group (its launcher and any ClientApp) and the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .profile import DEVICE_CLASSES, DeviceProfile, detect
+
+log = logging.getLogger("fedhive.agent")
+
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+
+
+def flower_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with Flower's telemetry, update check and dependency installation off, and this
+    Python's bin folder first on PATH (so Flower's launchers start this environment's ``flwr-*`` commands)."""
+    env = dict(os.environ)
+    env.update(FLOWER_ENV)
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env.update(extra or {})
+    return env
+
+
+def flower_command(name: str) -> str:
+    """Absolute path of Flower's ``name`` command in this Python's environment (else from PATH)."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found next to {sys.executable} or on PATH; install flwr in this "
+                                f"environment (pip install 'flwr==1.42.*')")
+    return found
+
+
+def node_config_string(config: Mapping[str, Any]) -> str:
+    """``--node-config`` text: ``key=value`` pairs, strings single-quoted (TOML)."""
+    parts = []
+    for k, v in config.items():
+        if isinstance(v, bool):
+            parts.append(f"{k}={'true' if v else 'false'}")
+        elif isinstance(v, (int, float)):
+            parts.append(f"{k}={v!r}")
+        else:
+            s = str(v)
+            if "'" in s or " " in s:
+                raise ValueError(f"node config {k}={s!r}: values cannot contain spaces or single quotes")
+            parts.append(f"{k}='{s}'")
+    return " ".join(parts)
+
+
+@dataclass
+class AgentOptions:
+    superlink: str
+    partition_id: int = 0
+    num_partitions: int = 1
+    data_dir: str = ""
+    device_class: str = "auto"
+    port: int = 9094
+    insecure: bool = True
+    root_certificates: str = ""
+    auth_private_key: str = ""
+    auth_public_key: str = ""
+    slowdown: float = 1.0
+    worker: bool = True
+    max_backoff: float = 60.0
+    state_dir: str = ""
+    node_config: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.device_class != "auto" and self.device_class not in DEVICE_CLASSES:
+            raise ValueError(f"device class {self.device_class!r} is not one of auto, {', '.join(DEVICE_CLASSES)}")
+        if self.partition_id < 0 or self.num_partitions < 1 or self.partition_id >= self.num_partitions:
+            raise ValueError(f"need 0 <= partition-id < num-partitions, got {self.partition_id} and "
+                             f"{self.num_partitions}")
+        if not self.insecure and not self.root_certificates:
+            raise ValueError("TLS needs --root-certificates CA.pem (or pass --insecure for plain text)")
+        if bool(self.auth_private_key) != bool(self.auth_public_key):
+            raise ValueError("node authentication needs both --auth-supernode-private-key and "
+                             "--auth-supernode-public-key")
+        if not self.slowdown >= 1:
+            raise ValueError(f"slowdown must be >= 1, got {self.slowdown}")
+
+
+class Agent:
+    """Supervises one ``flower-supernode`` and serves the warm worker."""
+
+    def __init__(self, opts: AgentOptions, profile: DeviceProfile | None = None) -> None:
+        self.opts = opts
+        self.profile = profile or detect()
+        self.device_class = opts.device_class if opts.device_class != "auto" else self.profile.device_class
+        self.state_dir = Path(opts.state_dir or tempfile.mkdtemp(prefix="fedhive-agent-"))
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = Path(opts.data_dir or self.state_dir / "data")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._stop = threading.Event()
+        self._proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self.worker = None
+        self.socket_path = str(self.state_dir / "worker.sock")
+
+    def node_config(self) -> dict[str, Any]:
+        p = self.profile
+        cfg: dict[str, Any] = {
+            "partition-id": self.opts.partition_id,
+            "num-partitions": self.opts.num_partitions,
+            "device-class": self.device_class,
+            "data-dir": str(self.data_dir),
+            "arch": p.arch,
+            "cores": p.cores,
+            "memory-gb": p.memory_gb,
+            "accelerator": p.accelerator.replace(" ", "_"),
+            "board": p.board.replace(" ", "_") or "none",
+            "cpu-quota": p.cpu_quota if p.cpu_quota is not None else 0.0,
+            "slowdown": self.opts.slowdown,
+        }
+        if self.worker is not None:
+            cfg["worker"] = self.socket_path
+        cfg.update(self.opts.node_config)
+        return cfg
+
+    def command(self) -> list[str]:
+        o = self.opts
+        cmd = [flower_command("flower-supernode"), "--superlink", o.superlink, "--port", str(o.port),
+               "--node-config", node_config_string(self.node_config())]
+        if o.insecure:
+            cmd.append("--insecure")
+        else:
+            cmd += ["--root-certificates", o.root_certificates]
+        if o.auth_private_key:
+            cmd += ["--auth-supernode-private-key", o.auth_private_key,
+                    "--auth-supernode-public-key", o.auth_public_key]
+        return cmd
+
+    def start_worker(self) -> None:
+        if not self.opts.worker:
+            return
+        from .trainer import Trainer
+        from .worker import Worker
+
+        os.environ["FEDHIVE_CACHE"] = str(self.data_dir)
+        self.worker = Worker(self.socket_path, Trainer(slowdown=self.opts.slowdown))
+        import torch  # noqa: F401  (warm: the first task should not pay for the import)
+
+    def run(self) -> int:
+        """Run until :meth:`stop` (or SIGTERM/SIGINT when called from the main thread). Returns an exit code."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop())
+        self.start_worker()
+        backoff = 1.0
+        log.info("agent: device class %s, profile %s", self.device_class, self.profile.as_dict())
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                cmd = self.command()
+                log.info("starting %s", " ".join(cmd))
+                self._proc = subprocess.Popen(cmd, env=flower_env(), start_new_session=True)
+                (self.state_dir / "supernode.pid").write_text(f"{self._proc.pid}\n")
+                while self._proc.poll() is None and not self._stop.is_set():
+                    self._stop.wait(0.5)
+                if self._stop.is_set():
+                    break
+                code = self._proc.returncode
+                if time.monotonic() - started > 60:
+                    backoff = 1.0
+                log.warning("flower-supernode exited with code %s; restarting in %.0f s", code, backoff)
+                self.restarts += 1
+                if self._stop.wait(backoff):
+                    break
+                backoff = min(self.opts.max_backoff, backoff * 2)
+        finally:
+            self._terminate()
+            if self.worker is not None:
+                self.worker.close()
+        return 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _terminate(self) -> None:
+        p = self._proc
+        if p is None:
+            return
+        terminate_group(p)
+
+
+def terminate_group(p: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the process group of ``p`` (started with ``start_new_session=True``), SIGKILL it after ``grace``."""
+    try:
+        pgid = os.getpgid(p.pid)
+    except ProcessLookupError:
+        pgid = None
+    if pgid is not None:
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    try:
+        p.wait(grace)
+    except subprocess.TimeoutExpired:
+        pass
+    if pgid is not None:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        p.wait(5)
+    except subprocess.TimeoutExpired:
+        pass

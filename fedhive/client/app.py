@@ -1,0 +1,100 @@
+"""fedhive's Flower ``ClientApp``: local training and evaluation on the device, and its profile.
+
+- ``train``: the message's ``arrays`` and ``config`` (``local_steps``, ``lr``, ... and FedASMU's ``fetch_step``);
+  replies with the trained ``arrays`` and ``metrics`` (``num-examples``, ``loss``, ``steps``, ``seconds``, ...).
+- ``evaluate``: replies with ``loss`` and ``accuracy`` of the received model on the task's test set.
+- ``query.profile``: replies with the device class and number of examples (the server asks each new node once).
+
+The node config (set by ``fedhive agent``) gives ``partition-id``, ``num-partitions``, ``device-class``,
+``data-dir`` and ``worker``: the Unix socket of the agent's warm worker, which holds torch, the data and the model
+between messages. Without a worker (a SuperNode started by hand) everything runs in this process, which Flower
+starts anew for each message. This module imports neither torch nor the task unless it trains in-process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+from fedhive import messages as M
+from fedhive.server.settings import task_settings
+
+log = logging.getLogger("fedhive.clientapp")
+
+_PROFILE_KEYS = ("device-class", "arch", "cores", "memory-gb", "accelerator", "board", "cpu-quota", "slowdown")
+_local_trainer = None
+
+
+def _trainer_call(node: dict, header: dict, arrays: list) -> tuple[dict, list]:
+    """Run a request on the agent's warm worker if the node config names one, else in this process."""
+    worker = node.get("worker")
+    if worker:
+        from .worker import call
+
+        try:
+            return call(str(worker), header, arrays)
+        except OSError as exc:
+            log.warning("warm worker %s unreachable (%s); training in the ClientApp process", worker, exc)
+    global _local_trainer
+    if _local_trainer is None:
+        from .trainer import Trainer
+
+        _local_trainer = Trainer(slowdown=float(node.get("slowdown", 1.0) or 1.0))
+    return _local_trainer.handle(header, arrays)
+
+
+def _seed(node_id: int, task_id: Any) -> int:
+    digest = hashlib.blake2b(f"{node_id}/{task_id}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def _base(context: Any) -> tuple[dict, dict]:
+    return dict(context.node_config), task_settings(dict(context.run_config))
+
+
+def train(msg: Any, context: Any) -> Any:
+    from flwr.app import Message, RecordDict
+
+    node, settings = _base(context)
+    params = M.from_array_record(msg.content[M.ARRAYS])
+    names = list(msg.content[M.ARRAYS].keys())
+    config = dict(msg.content[M.CONFIG]) if M.CONFIG in msg.content else {}
+    header = {"op": "train", "settings": settings, "node": node, "config": config,
+              "seed": _seed(context.node_id, config.get(M.TASK_ID, msg.metadata.message_id))}
+    metrics, out = _trainer_call(node, header, params)
+    content = RecordDict({M.ARRAYS: M.to_array_record(out, names), M.METRICS: M.metric_record(metrics)})
+    return Message(content, reply_to=msg)
+
+
+def evaluate(msg: Any, context: Any) -> Any:
+    from flwr.app import Message, RecordDict
+
+    node, settings = _base(context)
+    params = M.from_array_record(msg.content[M.ARRAYS])
+    metrics, _ = _trainer_call(node, {"op": "evaluate", "settings": settings, "node": node}, params)
+    return Message(RecordDict({M.METRICS: M.metric_record(metrics)}), reply_to=msg)
+
+
+def profile(msg: Any, context: Any) -> Any:
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    node, settings = _base(context)
+    reply, _ = _trainer_call(node, {"op": "profile", "settings": settings, "node": node}, [])
+    prof = {k: node[k] for k in _PROFILE_KEYS if k in node}
+    prof.setdefault("device-class", "unknown")
+    prof.update(reply)
+    return Message(RecordDict({M.PROFILE: ConfigRecord(prof)}), reply_to=msg)
+
+
+def _make_app() -> Any:
+    from flwr.clientapp import ClientApp
+
+    client_app = ClientApp()
+    client_app.train()(train)
+    client_app.evaluate()(evaluate)
+    client_app.query("profile")(profile)
+    return client_app
+
+
+app = _make_app()

@@ -1,0 +1,160 @@
+"""The device-side trainer: runs a task's local training and evaluation for the ClientApp.
+
+A :class:`Trainer` keeps built tasks (data loaded, partitioned, on the device) between requests. The ClientApp
+process is new for every message, so the agent keeps one Trainer alive in its own process (the warm worker,
+:mod:`fedhive.client.worker`) and the ClientApp forwards to it; without an agent the ClientApp runs a Trainer
+in-process, and only the on-disk data cache helps.
+
+Requests and replies are plain dicts (JSON-able) plus a list of arrays, so they cross a socket without pickle.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from fedhive import messages as M
+
+log = logging.getLogger("fedhive.trainer")
+
+
+def best_device() -> str:
+    """``cuda`` if torch sees a CUDA device, else ``mps`` on Apple silicon, else ``cpu``."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _int(value: Any, what: str, low: int = 0) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{what} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+class Trainer:
+    """Builds and caches tasks; answers ``profile``, ``train`` and ``evaluate`` requests.
+
+    Parameters
+    ----------
+    device : str, optional
+        Torch device for training (default: :func:`best_device`).
+    slowdown : float
+        Emulated slow device: after training, wait ``(slowdown - 1) ×`` the compute time (1: none).
+    """
+
+    def __init__(self, device: str | None = None, slowdown: float = 1.0) -> None:
+        if not (isinstance(slowdown, (int, float)) and math.isfinite(slowdown) and slowdown >= 1):
+            raise ValueError(f"slowdown must be a number >= 1, got {slowdown!r}")
+        self.device = device
+        self.slowdown = float(slowdown)
+        self._tasks: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+        self.requests = 0
+
+    # ------------------------------------------------------------------ tasks
+    def task(self, settings: Mapping[str, Any], node: Mapping[str, Any]) -> tuple[Any, int]:
+        """The task of these run settings and node config, and this node's partition id."""
+        from fedhive.tasks import load_task
+
+        parts = node.get("num-partitions") or settings.get("num-partitions") or 0
+        parts = _int(parts, "num-partitions (node config or run config)", 1)
+        pid = _int(node.get("partition-id", 0), "partition-id (node config)")
+        if pid >= parts:
+            raise ValueError(f"partition-id {pid} must be < num-partitions {parts}")
+        if self.device is None:
+            self.device = best_device()
+        key = (settings["task"], parts, settings["partition"], float(settings["alpha"]), int(settings["seed"]),
+               self.device)
+        with self._lock:
+            task = self._tasks.get(key)
+            if task is None:
+                data_dir = node.get("data-dir")
+                if data_dir:
+                    os.environ["FEDHIVE_CACHE"] = str(data_dir)
+                task = load_task(settings["task"], num_clients=parts, partition=settings["partition"],
+                                 alpha=settings["alpha"], seed=settings["seed"], device=self.device)
+                self._tasks[key] = task
+        return task, pid
+
+    # ------------------------------------------------------------------ requests
+    def handle(self, req: Mapping[str, Any], params: Sequence[np.ndarray]) -> tuple[dict[str, Any], list[np.ndarray]]:
+        """Answer one request: ``{"op": "profile" | "train" | "evaluate", "settings", "node", ...}``."""
+        self.requests += 1
+        op = req.get("op")
+        if op == "ping":
+            return {"ok": True, "pid": os.getpid()}, []
+        settings, node = req["settings"], req["node"]
+        if op == "profile":
+            task, pid = self.task(settings, node)
+            return {"num-examples": int(task.num_examples(pid)), "partition-id": pid,
+                    "training-device": str(self.device)}, []
+        if op == "train":
+            return self._train(req, params, settings, node)
+        if op == "evaluate":
+            task, _ = self.task(settings, node)
+            metrics = task.evaluate(params)
+            return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, []
+        raise ValueError(f"unknown trainer op {op!r}; valid: ping, profile, train, evaluate")
+
+    def _train(self, req: Mapping[str, Any], params: Sequence[np.ndarray], settings: Mapping[str, Any],
+               node: Mapping[str, Any]) -> tuple[dict[str, Any], list[np.ndarray]]:
+        t0 = time.perf_counter()
+        task, pid = self.task(settings, node)
+        config = dict(req["config"])
+        seed = int(req.get("seed", 0))
+        base_version = int(config.get(M.VERSION, 0))
+        fetch = config.get("fetch_step")
+        steps = _int(config.get("local_steps", 1), "config local_steps")
+        store = config.get(M.STORE_ADDRESS)
+        extra: dict[str, Any] = {}
+        compute = 0.0
+        if isinstance(fetch, int) and 0 < fetch < steps and store:
+            # FedASMU: train fetch_step steps, fetch the newest global model, mix it in, train the rest.
+            from fedhive.strategies.fedasmu import DeviceAdjuster
+
+            from .fetch import FetchError, fetch_model
+
+            adj = DeviceAdjuster(config, base_version)
+            c = time.perf_counter()
+            local, m1 = task.train(params, pid, {**config, "local_steps": fetch, "fetch_step": None}, seed=seed)
+            compute += time.perf_counter() - c
+            try:
+                version, fetched, nbytes = fetch_model(store, str(config.get(M.STORE_TOKEN, "")), base_version,
+                                                       root_certificates=config.get(M.STORE_CA) or None)
+            except FetchError as exc:
+                log.warning("FedASMU fetch failed, training on without it: %s", exc)
+                version, fetched, nbytes = base_version, None, 0
+            mixed = adj.adjust(local, fetched, version, m1.get("loss"))
+            c = time.perf_counter()
+            out, metrics = task.train(mixed, pid, {**config, "local_steps": steps - fetch, "fetch_step": None},
+                                      seed=seed + 1)
+            compute += time.perf_counter() - c
+            adj.feedback(metrics.get("loss", float("nan")))
+            extra.update(adj.report())
+            extra.update({"fetch_bytes": nbytes, "loss_before": m1.get("loss_before", float("nan")), "steps": steps})
+        else:
+            config.pop("fetch_step", None)
+            c = time.perf_counter()
+            out, metrics = task.train(params, pid, config, seed=seed)
+            compute += time.perf_counter() - c
+        if self.slowdown > 1:
+            time.sleep((self.slowdown - 1.0) * compute)
+        metrics = {**metrics, **extra}
+        reply = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        reply["num-examples"] = int(task.num_examples(pid))
+        reply["compute_seconds"] = compute
+        reply["seconds"] = time.perf_counter() - t0
+        return reply, out

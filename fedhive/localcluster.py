@@ -1,0 +1,386 @@
+"""A Flower cluster of real processes on this machine: what ``fedhive up``, the integration tests and the
+orchestrator benchmark run.
+
+One ``flower-superlink`` (``--database`` in the run folder, bound to 127.0.0.1), any number of ``fedhive agent``
+processes (each a real ``flower-supernode`` with its own port) or bare SuperNodes, and ``flwr run`` submissions of
+fedhive's Flower app. Device classes are emulated with a real CPU quota from the cgroup cpu controller when it is
+writable (v1 ``cpu.cfs_quota_us`` or v2 ``cpu.max``), else with a per-step slowdown factor in the trainer; the
+cluster says which (:attr:`LocalCluster.emulation`).
+
+Every process is started in its own session and remembered by PID; :meth:`LocalCluster.close` (also on errors,
+and from ``with``) stops each process group, then kills whatever is left in the cluster's cgroups.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from fedhive.client.agent import flower_command, flower_env, node_config_string
+from fedhive.server.settings import format_run_config
+
+log = logging.getLogger("fedhive.cluster")
+
+APP_DIR = Path(__file__).resolve().parent / "flower_app"
+
+#: Emulated speed of each device class on this machine: the share of one core it may use.
+CPU_QUOTAS: dict[str, float | None] = {"gpu": None, "cpu": 0.5, "rpi5": 0.35, "rpi4": 0.2, "rpi-zero2": 0.08}
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    """Signal the process group ``pgid`` (every process here starts its own session, so pgid = its pid)."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CpuCgroups:
+    """CPU-quota cgroups under one parent (``fedhive-<pid>``), v1 or v2, or ``None`` where not writable."""
+
+    def __init__(self, name: str) -> None:
+        self.root: Path | None = None
+        self.version = 0
+        v1 = Path("/sys/fs/cgroup/cpu")
+        v2 = Path("/sys/fs/cgroup")
+        try:
+            if (v1 / "cpu.cfs_quota_us").exists():
+                self.root, self.version = v1 / name, 1
+            elif (v2 / "cgroup.controllers").exists() and "cpu" in (v2 / "cgroup.controllers").read_text().split():
+                self.root, self.version = v2 / name, 2
+                subtree = v2 / "cgroup.subtree_control"
+                if "cpu" not in subtree.read_text().split():
+                    subtree.write_text("+cpu")
+            if self.root is not None:
+                self.root.mkdir(exist_ok=True)
+                if self.version == 2:
+                    (self.root / "cgroup.subtree_control").write_text("+cpu")
+        except OSError as exc:
+            log.info("cgroup cpu controller not writable (%s); emulating slow devices with a slowdown factor", exc)
+            self.root, self.version = None, 0
+        self.groups: list[Path] = []
+
+    @property
+    def available(self) -> bool:
+        return self.root is not None
+
+    def create(self, name: str, cores: float | None) -> Path | None:
+        if self.root is None:
+            return None
+        path = self.root / name
+        path.mkdir(exist_ok=True)
+        period = 100_000
+        if self.version == 1:
+            (path / "cpu.cfs_period_us").write_text(str(period))
+            (path / "cpu.cfs_quota_us").write_text(str(-1 if cores is None else max(1000, int(cores * period))))
+        else:
+            (path / "cpu.max").write_text(f"{'max' if cores is None else max(1000, int(cores * period))} {period}")
+        self.groups.append(path)
+        return path
+
+    @staticmethod
+    def procs(path: Path) -> list[int]:
+        try:
+            return [int(x) for x in (path / "cgroup.procs").read_text().split()]
+        except OSError:
+            return []
+
+    def kill_all(self) -> None:
+        for path in self.groups:
+            for _ in range(3):
+                pids = self.procs(path)
+                if not pids:
+                    break
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.2)
+
+    def remove(self) -> None:
+        self.kill_all()
+        for path in reversed(self.groups):
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+        if self.root is not None:
+            try:
+                self.root.rmdir()
+            except OSError:
+                pass
+
+
+def _join_cgroup(path: Path | None):  # runs in the child between fork and exec
+    if path is None:
+        return None
+
+    def move() -> None:
+        (path / "cgroup.procs").write_text(str(os.getpid()))
+
+    return move
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+    device_class: str = ""
+    cgroup: Path | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+
+class LocalCluster:
+    """Processes of one local Flower cluster, all under ``run_dir``.
+
+    Parameters
+    ----------
+    run_dir
+        Logs (``logs/``), ``state.db``, ``flwr/`` (FLWR_HOME with the connection ``up``) and agent folders.
+    port
+        The SuperLink's port on 127.0.0.1 (default: a free one).
+    emulate
+        ``"auto"`` (cgroup quota if writable, else slowdown), ``"cgroup"``, ``"slowdown"`` or ``"none"``.
+    """
+
+    def __init__(self, run_dir: str | Path, *, port: int | None = None, emulate: str = "auto",
+                 data_dir: str | Path | None = None) -> None:
+        if emulate not in ("auto", "cgroup", "slowdown", "none"):
+            raise ValueError(f"emulate must be auto, cgroup, slowdown or none, got {emulate!r}")
+        self.run_dir = Path(run_dir).resolve()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "logs").mkdir(exist_ok=True)
+        self.port = port or free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.flwr_home = self.run_dir / "flwr"
+        self.flwr_home.mkdir(exist_ok=True)
+        (self.flwr_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "up"\n\n[superlink.up]\naddress = "{self.address}"\ninsecure = true\n')
+        self.data_dir = Path(data_dir) if data_dir else None
+        self.procs: list[Proc] = []
+        self.cgroups: CpuCgroups | None = None
+        if emulate in ("auto", "cgroup"):
+            self.cgroups = CpuCgroups(f"fedhive-{os.getpid()}-{self.port}")
+            if not self.cgroups.available:
+                if emulate == "cgroup":
+                    raise RuntimeError("emulate='cgroup' but the cgroup cpu controller is not writable here; "
+                                       "run as root with /sys/fs/cgroup/cpu (v1) or a delegated v2 cgroup, or use "
+                                       "emulate='slowdown'")
+                self.cgroups = None
+        self.emulation = "cgroup" if self.cgroups else ("none" if emulate == "none" else "slowdown")
+        self._agents = 0
+        self.env = flower_env({"FLWR_HOME": str(self.flwr_home)})
+
+    # ------------------------------------------------------------------ processes
+    def _spawn(self, name: str, cmd: list[str], *, cgroup: Path | None = None, device_class: str = "",
+               env: Mapping[str, str] | None = None) -> Proc:
+        log_path = self.run_dir / "logs" / f"{name}.log"
+        out = open(log_path, "ab")
+        try:
+            popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=dict(env or self.env), cwd=self.run_dir, start_new_session=True,
+                                     preexec_fn=_join_cgroup(cgroup))
+        finally:
+            out.close()
+        proc = Proc(name, popen, log_path, device_class, cgroup)
+        self.procs.append(proc)
+        log.info("started %s (pid %s)", name, popen.pid)
+        return proc
+
+    def start_superlink(self, timeout: float = 60.0) -> Proc:
+        cmd = [flower_command("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
+               "--database", str(self.run_dir / "state.db")]
+        proc = self._spawn("superlink", cmd)
+        self.wait_http(f"http://{self.address}/health", timeout, proc)
+        return proc
+
+    def wait_http(self, url: str, timeout: float, proc: Proc | None = None) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if proc is not None and not proc.alive():
+                raise RuntimeError(f"{proc.name} exited with code {proc.popen.returncode}; see {proc.log_path}")
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+    def add_agent(self, device_class: str, partition_id: int, num_partitions: int, *, worker: bool = True,
+                  quota: float | None | str = "class", extra: list[str] | None = None) -> Proc:
+        """Start ``fedhive agent`` emulating ``device_class`` (CPU quota from :data:`CPU_QUOTAS` by default)."""
+        i = self._agents
+        self._agents += 1
+        cores = CPU_QUOTAS.get(device_class) if quota == "class" else quota
+        cgroup = None
+        slowdown = 1.0
+        if self.cgroups is not None:
+            cgroup = self.cgroups.create(f"agent{i}-{device_class}", cores)  # type: ignore[arg-type]
+        elif self.emulation == "slowdown" and cores:
+            slowdown = 1.0 / float(cores)  # type: ignore[arg-type]
+        cmd = [sys.executable, "-m", "fedhive.cli", "agent", "--superlink", self.address, "--insecure",
+               "--partition-id", str(partition_id), "--num-partitions", str(num_partitions),
+               "--device-class", device_class, "--port", str(free_port()),
+               "--state-dir", str(self.run_dir / "agents" / f"agent{i}"), "--slowdown", f"{slowdown:g}"]
+        if self.data_dir is not None:
+            cmd += ["--data-dir", str(self.data_dir)]
+        if not worker:
+            cmd.append("--no-worker")
+        cmd += list(extra or [])
+        return self._spawn(f"agent{i}-{device_class}", cmd, cgroup=cgroup, device_class=device_class)
+
+    def add_supernode(self, node_config: Mapping[str, Any], name: str | None = None) -> Proc:
+        """A bare ``flower-supernode`` (no agent, no worker): e.g. for a stock Flower ClientApp."""
+        i = self._agents
+        self._agents += 1
+        cmd = [flower_command("flower-supernode"), "--insecure", "--superlink", self.address,
+               "--port", str(free_port()), "--node-config", node_config_string(node_config)]
+        return self._spawn(name or f"supernode{i}", cmd)
+
+    def stop(self, proc: Proc, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` to ``proc``'s whole process group (SIGKILL: no goodbye, as a device losing power)."""
+        _signal_group(proc.pid, sig)
+
+    # ------------------------------------------------------------------ runs
+    def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        return subprocess.run([flower_command("flwr"), *args], env=self.env, cwd=self.run_dir, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def submit(self, run_config: Mapping[str, Any], app_dir: str | Path = APP_DIR) -> int:
+        """``flwr run`` the app with ``run_config``; returns the Flower run id."""
+        res = self.flwr("run", str(app_dir), "up", "--format", "json", "--run-config",
+                        format_run_config(run_config))
+        try:
+            text = res.stdout
+            payload = json.loads(text[text.index("{"): text.rindex("}") + 1]) if "{" in text else {}
+        except ValueError:
+            payload = {}
+        if res.returncode != 0 or not payload.get("success"):
+            raise RuntimeError(f"flwr run failed (exit {res.returncode}): {res.stdout.strip()} {res.stderr.strip()}")
+        return int(payload["run-id"])
+
+    def run_status(self, run_id: int) -> str:
+        """Flower's status of ``run_id`` (e.g. ``running``, ``finished:completed``, ``finished:failed``)."""
+        res = self.flwr("ls", "up", "--run-id", str(run_id), "--format", "json", timeout=60)
+        try:
+            runs = json.loads(res.stdout).get("runs", [])
+        except json.JSONDecodeError:
+            return "unknown"
+        for r in runs:
+            if str(r.get("run-id")) == str(run_id):
+                return str(r.get("status", "unknown"))
+        return "unknown"
+
+    def stop_run(self, run_id: int) -> None:
+        self.flwr("stop", str(run_id), "up", timeout=60)
+
+    def wait_status(self, run_dir: str | Path, states: tuple[str, ...] = ("finished", "failed"), timeout: float = 600,
+                    run_id: int | None = None, poll: float = 1.0, on_status=None) -> dict[str, Any]:
+        """Wait until ``run_dir/status.json`` says one of ``states`` (or Flower says the run ended)."""
+        path = Path(run_dir) / "status.json"
+        end = time.monotonic() + timeout
+        last_flower = 0.0
+        status: dict[str, Any] = {}
+        while time.monotonic() < end:
+            try:
+                status = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                status = {}
+            if on_status is not None and status:
+                on_status(status)
+            if status.get("state") in states:
+                return status
+            if run_id is not None and time.monotonic() - last_flower > 10:
+                last_flower = time.monotonic()
+                flower_state = self.run_status(run_id)
+                if flower_state.startswith("finished"):
+                    time.sleep(1.0)
+                    try:
+                        status = json.loads(path.read_text())
+                    except (OSError, json.JSONDecodeError):
+                        status = {}
+                    if status.get("state") not in states:
+                        status = {**status, "state": "failed", "flower_status": flower_state}
+                    return status
+            time.sleep(poll)
+        raise TimeoutError(f"{path} did not reach {states} within {timeout:.0f} s (last: {status.get('state')})")
+
+    # ------------------------------------------------------------------ shutdown
+    def _groups(self) -> list[int]:
+        """Process groups this cluster is responsible for: each process it started, and each agent's SuperNode."""
+        groups = [p.pid for p in self.procs]
+        for f in (self.run_dir / "agents").glob("*/supernode.pid"):
+            try:
+                groups.append(int(f.read_text().strip()))
+            except (OSError, ValueError):
+                pass
+        return groups
+
+    def leftovers(self) -> list[int]:
+        """PIDs still alive in this cluster's process groups or cgroups."""
+        groups = set(self._groups())
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != "Z" and int(fields[2]) in groups:
+                pids.append(int(stat.parent.name))
+        if self.cgroups is not None:
+            for g in self.cgroups.groups:
+                pids += self.cgroups.procs(g)
+        return sorted(set(pids))
+
+    def close(self, grace: float = 8.0) -> None:
+        """Stop every process this cluster started (SIGTERM to each process group, SIGKILL after ``grace``
+        seconds), the agents' SuperNodes and their ClientApps included, and remove the cgroups."""
+        for pgid in reversed(self._groups()):
+            _signal_group(pgid, signal.SIGTERM)
+        end = time.monotonic() + grace
+        for proc in reversed(self.procs):
+            try:
+                proc.popen.wait(max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        while self.leftovers() and time.monotonic() < end:
+            time.sleep(0.2)
+        for pgid in reversed(self._groups()):
+            _signal_group(pgid, signal.SIGKILL)
+        for proc in reversed(self.procs):
+            try:
+                proc.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                log.warning("%s (pid %s) survived SIGKILL", proc.name, proc.pid)
+        if self.cgroups is not None:
+            self.cgroups.remove()
+
+    def __enter__(self) -> "LocalCluster":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,307 @@
+"""fedhive's Flower ``ServerApp``: the orchestrator and a strategy over Flower's Grid.
+
+``main`` reads the run config (keys in :mod:`fedhive.server.settings`), builds the task, the strategy and the stop
+condition, waits for ``min-clients`` nodes, and runs the orchestrator over a :class:`GridTransport` until the stop
+condition. It checkpoints into ``run-dir/checkpoints`` and, with ``resume=true``, continues from the newest
+checkpoint there. For FedASMU it also runs the model store (gRPC) and tells the devices where it is.
+
+The run folder receives ``status.json`` (rewritten about once a second while running; ``fedhive up`` shows it),
+``history.json`` (``{"history": [...], "final": {...}}``, time in wall seconds, the same shape as ``fedhive sim``'s
+``results.json``), ``model.safetensors`` (the final global model, named like the task's ``state_dict()``) and
+``accuracy_vs_time.png``.
+
+Switching a Flower app to a fedhive strategy: point ``serverapp`` in ``[tool.flwr.app.components]`` at
+``fedhive.server.app:app`` and add the keys of :data:`fedhive.server.settings.DEFAULTS` to
+``[tool.flwr.app.config]`` (or copy ``fedhive/flower_app/pyproject.toml``); a stock ClientApp that answers ``train``
+with ``arrays`` and a ``num-examples`` metric keeps working.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from fedhive import messages as M
+from fedhive.strategies.base import ClientInfo, Outcome, Strategy, Task, Update
+
+from . import checkpoint as ckpt
+from .build import Fanout, strategy_for_task
+from .grid_transport import GridTransport
+from .orchestrator import Observer, Orchestrator, RunResult, StopCondition
+from .settings import RunSettings
+
+log = logging.getLogger("fedhive.server")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=_jsonable))
+    os.replace(tmp, path)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+class RunStatus(Observer):
+    """Keeps ``status.json`` (live progress for ``fedhive up``) and ``history.json`` in the run folder current."""
+
+    def __init__(self, run_dir: Path, settings: RunSettings, transport: GridTransport, interval: float = 1.0) -> None:
+        self.run_dir = run_dir
+        self.settings = settings
+        self.transport = transport
+        self.interval = interval
+        self.strategy: Strategy | None = None
+        self.state = "starting"
+        self.version = 0
+        self.accuracy: float | None = None
+        self.loss: float | None = None
+        self.updates_by_class: Counter[str] = Counter()
+        self.failures_by_reason: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.staleness_sum = 0
+        self.staleness_max = 0
+        self.updates = 0
+        self.arrivals: list[dict] = []
+        self.history: list[dict] = []
+        self._last = -1e9
+        self.t0 = 0.0
+        self.orchestrator: Orchestrator | None = None
+        self._group: dict[int, Any] = {}
+
+    def on_start(self, strategy: Strategy, now: float) -> None:
+        self.strategy = strategy
+        if self.orchestrator is not None:
+            self.t0 = self.orchestrator.start_time
+            self.history = self.orchestrator.history  # the same list: on resume it holds the earlier records
+        self.version = strategy.version
+        self.state = "running"
+        self.write(now, force=True)
+
+    def on_dispatch(self, task: Task, client: ClientInfo, now: float) -> None:
+        self._group[task.node_id] = task.config.get("group")
+
+    def on_update(self, update: Update, outcome: Outcome, client: ClientInfo, staleness: int, duration: float,
+                  now: float) -> None:
+        self.updates += 1
+        self.updates_by_class[client.device_class] += 1
+        self.staleness_sum += staleness
+        self.staleness_max = max(self.staleness_max, staleness)
+        self.arrivals.append({"time": round(now - self.t0, 3), "node": update.node_id, "class": client.device_class,
+                              "base_version": update.base_version, "staleness": staleness,
+                              "duration": round(duration, 3), "steps": update.metrics.get("steps"),
+                              "seconds": update.metrics.get("seconds"), "outcome": outcome.status,
+                              "group": self._group.pop(update.node_id, None),
+                              "fetch_version": update.metrics.get("fetch_version")})
+        if self.strategy is not None:
+            self.version = self.strategy.version
+        self.write(now)
+
+    def on_reject(self, reason: str, node_id: int, now: float) -> None:
+        self.rejected[reason] += 1
+
+    def on_failure(self, node_id: int, reason: str, now: float) -> None:
+        self.failures_by_reason[reason] += 1
+
+    def on_evaluate(self, record: dict, now: float) -> None:
+        if self.orchestrator is None or self.history is not self.orchestrator.history:
+            self.history.append(record)
+        self.accuracy, self.loss = record["accuracy"], record["loss"]
+        self.version = record["version"]
+        _write_json(self.run_dir / "history.json", {"history": self.history, "final": None})
+        self.write(now, force=True)
+
+    def on_membership(self, clients: Sequence[ClientInfo], now: float) -> None:
+        self.write(now, force=True)
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        clients = self.transport.clients()
+        return {
+            "state": self.state,
+            "time": round(now - self.t0, 3),
+            "strategy": self.settings["strategy"],
+            "version": self.version,
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "client_updates": self.updates,
+            "updates_by_class": dict(self.updates_by_class),
+            "mean_staleness": self.staleness_sum / self.updates if self.updates else 0.0,
+            "max_staleness": self.staleness_max,
+            "clients": len(clients),
+            "clients_by_class": dict(Counter(c.device_class for c in clients)),
+            "in_flight": self.transport.in_flight,
+            "failures": dict(self.failures_by_reason),
+            "rejected": dict(self.rejected),
+            "pid": os.getpid(),
+        }
+
+    def write(self, now: float, force: bool = False) -> None:
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        _write_json(self.run_dir / "status.json", self.snapshot(now))
+
+
+class _Publisher(Observer):
+    """Publishes every new global model to the model store."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.strategy: Strategy | None = None
+
+    def on_start(self, strategy: Strategy, now: float) -> None:
+        self.strategy = strategy
+        self.store.publish(strategy.params, strategy.version)
+
+    def on_update(self, update, outcome, client, staleness, duration, now):  # noqa: D102
+        s = self.strategy
+        if s is not None and s.version != self.store.version:
+            self.store.publish(s.params, s.version)
+
+    def on_dispatch(self, task: Task, client: ClientInfo, now: float) -> None:
+        self.on_update(None, None, None, 0, 0.0, now)  # after a timer-driven aggregation
+
+
+def run(grid: Any, run_config: Mapping[str, Any]) -> RunResult:
+    """Run fedhive on ``grid`` with ``run_config``; returns the orchestrator's result."""
+    from fedhive.tasks import load_task
+
+    settings = RunSettings.from_config(dict(run_config))
+    run_dir = settings.run_dir.resolve()
+    ckpt_dir = run_dir / "checkpoints"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    task = load_task(settings["task"], num_clients=max(1, settings["num-partitions"]),
+                     partition=settings["partition"], alpha=settings["alpha"], seed=settings["seed"])
+    strategy = strategy_for_task(settings["strategy"], settings.strategy_params, task, settings["local-steps"])
+
+    extra: dict[str, Any] = dict(settings.client_config())
+    store = None
+    if settings["strategy"] == "fedasmu":
+        from .model_store import ModelStore
+
+        certs = (settings["tls-certfile"], settings["tls-keyfile"]) if settings["tls-certfile"] else None
+        store = ModelStore(settings["store-address"], certificates=certs)
+        public = settings["store-public-address"] or store.address
+        extra.update({M.STORE_ADDRESS: public, M.STORE_TOKEN: store.token})
+        if settings["store-ca"]:
+            extra[M.STORE_CA] = settings["store-ca"]
+
+    transport = GridTransport(grid, task.param_names(), ttl=settings["ttl"], poll_interval=settings["poll-interval"],
+                              extra_config=extra)
+    status = RunStatus(run_dir, settings, transport)
+    observers: list[Observer] = [status]
+    if store is not None:
+        observers.append(_Publisher(store))
+    if settings["metrics-address"]:
+        from .metrics import ServerMetrics
+
+        observers.append(ServerMetrics.serve(settings["metrics-address"], transport=transport))
+    resume_from = ckpt.latest(ckpt_dir) if settings["resume"] else None
+    if settings["resume"] and resume_from is None:
+        log.warning("resume=true but %s holds no checkpoint: starting a new run", ckpt_dir)
+    orch = Orchestrator(strategy, transport, stop=StopCondition(**settings.stop_condition()), evaluate=task.evaluate,
+                        eval_interval=settings["eval-interval"], checkpoint_dir=ckpt_dir,
+                        checkpoint_every=settings["checkpoint-every"], observer=Fanout(observers))
+    status.orchestrator = orch
+    status.write(transport.now(), force=True)
+    n = transport.wait_for_clients(settings["min-clients"], settings["wait-clients"])
+    if n < settings["min-clients"]:
+        status.state = "failed"
+        status.write(transport.now(), force=True)
+        raise RuntimeError(f"only {n} of min-clients={settings['min-clients']} clients connected within "
+                           f"{settings['wait-clients']} s; start more agents or lower min-clients")
+    log.info("fedhive %s on %d clients, run folder %s%s", settings["strategy"], n, run_dir,
+             f", resuming {resume_from.name}" if resume_from else "")
+    t0 = time.perf_counter()
+    try:
+        result = orch.run(None if resume_from else task.initial_params(settings["seed"]), resume_from=resume_from)
+    except BaseException:
+        status.state = "failed"
+        status.write(transport.now(), force=True)
+        raise
+    finally:
+        if store is not None:
+            store.stop()
+    final = dict(result.final)
+    final["wall_seconds"] = time.perf_counter() - t0
+    final["stop_reason"] = result.stop_reason
+    out = {"strategy": settings["strategy"], "task": settings["task"], "seed": settings["seed"],
+           "strategy_config": strategy.config(), "history": result.history, "final": final,
+           "counters": result.counters, "updates_by_class": dict(status.updates_by_class),
+           "arrivals": status.arrivals, "groups": _group_spread(status.arrivals),
+           "grid": {"pull_seconds": transport.pull_seconds, "push_seconds": transport.push_seconds,
+                    "pulls": transport.pulls}}
+    _write_json(run_dir / "history.json", out)
+    save_model(run_dir / "model.safetensors", result.params, task.param_names())
+    try:
+        plot_history(result.history, run_dir / "accuracy_vs_time.png", settings["strategy"])
+    except Exception as exc:  # a plot is a convenience; never fail a finished run over it
+        log.warning("could not draw accuracy_vs_time.png: %s", exc)
+    status.state = "finished"
+    status.write(transport.now(), force=True)
+    log.info("finished (%s): version %s, accuracy %s, %s client updates", result.stop_reason, final["version"],
+             final["accuracy"], final["client_updates"])
+    return result
+
+
+def _group_spread(arrivals: Sequence[dict]) -> dict[str, Any]:
+    """How closely the members of each FedCompass group arrived: spread (last minus first arrival) per group."""
+    by_group: dict[Any, list[float]] = {}
+    for a in arrivals:
+        if a.get("group") is not None:
+            by_group.setdefault(a["group"], []).append(float(a["time"]))
+    spreads = [max(ts) - min(ts) for ts in by_group.values() if len(ts) > 1]
+    return {"groups": len(spreads), "median_spread": float(np.median(spreads)) if spreads else None,
+            "max_spread": max(spreads) if spreads else None}
+
+
+def save_model(path: Path, params: Sequence[np.ndarray], names: Sequence[str]) -> None:
+    """The model as a safetensors file keyed by ``names``."""
+    from safetensors.numpy import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({n: np.ascontiguousarray(p) for n, p in zip(names, params)}, str(tmp))
+    os.replace(tmp, path)
+
+
+def plot_history(history: Sequence[dict], path: Path, label: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([h["time"] for h in history], [h["accuracy"] for h in history], label=label)
+    ax.set_xlabel("wall seconds")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _make_app() -> Any:
+    from flwr.serverapp import ServerApp
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Any, context: Any) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per pull otherwise
+        run(grid, dict(context.run_config))
+
+    return server_app
+
+
+app = _make_app()

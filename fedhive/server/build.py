@@ -1,0 +1,65 @@
+"""Building a run's strategy for a task, the same way in every mode (virtual time, deployment, local cluster)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from fedhive.strategies import build, parameters
+from fedhive.strategies.base import Strategy
+from fedhive.tasks import LearningTask
+
+from .orchestrator import Observer
+
+
+def strategy_for_task(name: str, params: Mapping[str, Any], task: LearningTask, local_steps: int) -> Strategy:
+    """Strategy ``name`` with ``params``; ``local_steps`` where it takes it, the task's non-trainable tensors, and
+    FedASMU's server-side validation gradient when the task has a validation batch."""
+    params = dict(params)
+    accepted = parameters(name)
+    if "local_steps" in accepted:
+        params.setdefault("local_steps", local_steps)
+    params.setdefault("non_trainable", task.non_trainable())
+    if name == "fedasmu" and task.validation_batch() is not None:
+        params.setdefault("validation_fn", validation_gradient(task))
+    return build(name, params)
+
+
+def validation_gradient(task: LearningTask) -> Callable[[Sequence[np.ndarray]], tuple[float, list[np.ndarray]]]:
+    """``params -> (loss, gradient)`` on the task's server-side validation batch (FedASMU's meta step)."""
+    import torch
+
+    model = task.build_model()
+    names = task.param_names()
+    x, y = task.validation_batch()  # type: ignore[misc]
+
+    def fn(params: Sequence[np.ndarray]) -> tuple[float, list[np.ndarray]]:
+        state = {n: torch.from_numpy(np.array(p, copy=True)) for n, p in zip(names, params)}
+        model.load_state_dict(state)
+        model.train()
+        trainable = dict(model.named_parameters())
+        loss = task.loss_fn(model(x), y)
+        grads = torch.autograd.grad(loss, list(trainable.values()))
+        by_name = {n: g.detach().numpy() for n, g in zip(trainable, grads)}
+        return float(loss.detach()), [by_name.get(n, np.zeros_like(p)).astype(p.dtype) for n, p in zip(names, params)]
+
+    return fn
+
+
+class Fanout(Observer):
+    """Forwards every observer call to each of ``observers`` in order."""
+
+    def __init__(self, observers: Sequence[Observer]) -> None:
+        self._obs = list(observers)
+
+    def __getattribute__(self, name: str) -> Any:
+        if name.startswith("on_"):
+            obs = object.__getattribute__(self, "_obs")
+
+            def call(*args: Any, **kw: Any) -> None:
+                for o in obs:
+                    getattr(o, name)(*args, **kw)
+
+            return call
+        return object.__getattribute__(self, name)

@@ -1,0 +1,135 @@
+"""The model store: a read-only gRPC service beside the server app that hands out the current global model.
+
+Flower cannot deliver a second message to a client in the middle of its training, but FedASMU's devices fetch the
+freshest global model part-way through. They call ``GetModel(min_version)`` on this service
+(``fedhive/proto/model_store.proto``): when the store's model is newer it is streamed as a safetensors file in
+chunks, else the reply is one "not newer" message. Every call must carry the run's token (metadata
+``x-fedhive-token``); the service uses the SuperLink's TLS certificate and key when TLS is on.
+
+The orchestrator thread publishes each new global model with :meth:`ModelStore.publish` (a reference swap); the
+file is serialised once per version, lazily, by the first request that needs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import threading
+from concurrent import futures
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import grpc
+import numpy as np
+
+from fedhive.proto import model_store_pb2 as pb
+from fedhive.proto import model_store_pb2_grpc as pb_grpc
+from fedhive.proto.modelfile import encode
+
+log = logging.getLogger("fedhive.model_store")
+
+TOKEN_KEY = "x-fedhive-token"
+DEFAULT_CHUNK = 1 << 20
+MAX_CHUNK = 4 << 20
+
+
+def new_token() -> str:
+    """A fresh per-run token (256 random bits, hex)."""
+    return secrets.token_hex(32)
+
+
+class _Servicer(pb_grpc.ModelStoreServicer):
+    def __init__(self, store: "ModelStore") -> None:
+        self.store = store
+
+    def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> Iterator[pb.ModelChunk]:  # noqa: N802
+        token = dict(context.invocation_metadata()).get(TOKEN_KEY, "")
+        if not hmac.compare_digest(str(token).encode(), self.store.token.encode()):
+            self.store.refused += 1
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          f"missing or wrong run token in metadata {TOKEN_KEY!r}; use the token of this run")
+        version, data, digest = self.store.snapshot(request.min_version)
+        if data is None:
+            yield pb.ModelChunk(newer=False, version=version)
+            return
+        self.store.served += 1
+        chunk = request.chunk_bytes or DEFAULT_CHUNK
+        chunk = max(1024, min(int(chunk), MAX_CHUNK))
+        total = len(data)
+        view = memoryview(data)
+        for off in range(0, max(total, 1), chunk):
+            first = off == 0
+            yield pb.ModelChunk(newer=True, version=version, total_bytes=total if first else 0, offset=off,
+                                data=bytes(view[off:off + chunk]), sha256=digest if first else "")
+
+
+class ModelStore:
+    """The gRPC model store of one run.
+
+    Parameters
+    ----------
+    address : str
+        ``HOST:PORT`` to listen on (port 0: any free port; :attr:`address` then tells which).
+    token : str, optional
+        The run's token (default: a fresh random one, see :attr:`token`).
+    certificates : tuple of paths, optional
+        ``(certfile, keyfile)`` for TLS: the same files as the SuperLink's ``--ssl-certfile/--ssl-keyfile``.
+    """
+
+    def __init__(self, address: str = "127.0.0.1:0", *, token: str | None = None,
+                 certificates: tuple[str | Path, str | Path] | None = None, max_workers: int = 8) -> None:
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"model store address must be HOST:PORT (e.g. 0.0.0.0:9300), got {address!r}")
+        self.token = token or new_token()
+        self.tls = certificates is not None
+        self._lock = threading.Lock()
+        self._version = -1
+        self._params: Sequence[np.ndarray] | None = None
+        self._file: tuple[int, bytes, str] | None = None
+        self.served = 0
+        self.refused = 0
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="store"),
+                                   options=[("grpc.max_send_message_length", MAX_CHUNK + (1 << 16))])
+        pb_grpc.add_ModelStoreServicer_to_server(_Servicer(self), self._server)
+        if certificates is not None:
+            cert, key = (Path(p).read_bytes() for p in certificates)
+            bound = self._server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
+        else:
+            bound = self._server.add_insecure_port(address)
+        if not bound:
+            raise OSError(f"model store cannot listen on {address}; is the port in use?")
+        self.address = f"{host}:{bound}"
+        self._server.start()
+        log.info("model store listening on %s (%s)", self.address, "TLS" if self.tls else "plain text")
+
+    def publish(self, params: Sequence[np.ndarray], version: int) -> None:
+        """Make ``params`` (read-only arrays, not copied) the model served as ``version``."""
+        with self._lock:
+            if version != self._version:
+                self._version = int(version)
+                self._params = params
+                self._file = None
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def snapshot(self, min_version: int) -> tuple[int, bytes | None, str]:
+        """``(version, file bytes or None when not newer than min_version, sha256)``."""
+        with self._lock:
+            version, params, cached = self._version, self._params, self._file
+        if params is None or version <= min_version:
+            return version, None, ""
+        if cached is None or cached[0] != version:
+            data = encode(params)
+            cached = (version, data, hashlib.sha256(data).hexdigest())
+            with self._lock:
+                if self._version == version:
+                    self._file = cached
+        return cached[0], cached[1], cached[2]
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        self._server.stop(grace).wait()

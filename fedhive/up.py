@@ -1,0 +1,161 @@
+"""``fedhive up``: a whole fedhive deployment on this machine, the demo and the smoke test of the real path.
+
+A SuperLink (``--database`` in the run folder), one ``fedhive agent`` per emulated device (a real CPU quota per
+device class through the cgroup cpu controller where writable, else a slowdown factor), fedhive's Flower app
+submitted with ``flwr run``, and live progress read from the server app's ``status.json``. Ctrl-C stops the run
+and every process started. The run folder keeps ``history.json``, ``model.safetensors``, ``checkpoints/``,
+``accuracy_vs_time.png``, ``status.json`` and every process's log under ``logs/``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from rich.console import Console
+from rich.table import Table
+
+from fedhive.localcluster import CPU_QUOTAS, LocalCluster
+from fedhive.server.settings import DEFAULTS
+
+DEFAULT_MIX = {"gpu": 1, "cpu": 2, "rpi4": 3}
+
+
+def parse_mix(text: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in text.split(","):
+        name, sep, count = item.partition("=")
+        name = name.strip()
+        if not sep or name not in CPU_QUOTAS or not count.strip().isdigit():
+            raise ValueError(f"--mix {text!r}: write CLASS=COUNT,... with classes {', '.join(CPU_QUOTAS)}")
+        out[name] = out.get(name, 0) + int(count)
+    if sum(out.values()) < 1:
+        raise ValueError(f"--mix {text!r} has no devices")
+    return out
+
+
+def scale(mix: Mapping[str, int], n: int) -> dict[str, int]:
+    """``mix`` scaled to ``n`` devices (largest remainders), keeping each class with at least one if n allows."""
+    if n < 1:
+        raise ValueError(f"--agents must be >= 1, got {n}")
+    total = sum(mix.values())
+    raw = {k: v * n / total for k, v in mix.items()}
+    out = {k: int(r) for k, r in raw.items()}
+    for k in sorted(raw, key=lambda k: raw[k] - out[k], reverse=True)[: n - sum(out.values())]:
+        out[k] += 1
+    return {k: v for k, v in out.items() if v}
+
+
+def _status_table(st: Mapping[str, Any], emulation: str) -> Table:
+    t = Table(title=f"fedhive up: {st.get('strategy')} ({emulation} emulation)", show_header=True)
+    for col in ("t (s)", "version", "accuracy", "updates", "by device class", "staleness mean/max", "clients"):
+        t.add_column(col)
+    acc = st.get("accuracy")
+    t.add_row(f"{st.get('time', 0):.0f}", str(st.get("version", 0)), "-" if acc is None else f"{acc:.3f}",
+              str(st.get("client_updates", 0)),
+              ", ".join(f"{k} {v}" for k, v in sorted(st.get("updates_by_class", {}).items())),
+              f"{st.get('mean_staleness', 0):.1f} / {st.get('max_staleness', 0)}",
+              ", ".join(f"{k} {v}" for k, v in sorted(st.get("clients_by_class", {}).items())))
+    return t
+
+
+def up(*, strategy: str = "fedcompass", agents: int | None = None, mix: str | None = None, duration: float = 240.0,
+       task: str = "mnist1d", out: str | None = None, metrics_address: str = "", settings: Mapping[str, Any] = (),
+       emulate: str = "auto", live: bool | None = None, console: Console | None = None) -> dict[str, Any]:
+    """Run the local cluster; returns the final ``history.json`` content (raises on failure)."""
+    console = console or Console()
+    counts = parse_mix(mix) if mix else dict(DEFAULT_MIX)
+    if agents is not None:
+        counts = scale(counts, agents)
+    n = sum(counts.values())
+    run_dir = Path(out) if out else Path("runs") / time.strftime("up-%Y%m%d-%H%M%S")
+    if (run_dir / "history.json").exists():
+        raise ValueError(f"{run_dir} already holds a run (history.json); choose another --out")
+    if live is None:
+        live = out is None and console.is_terminal
+    config: dict[str, Any] = {"strategy": strategy, "task": task, "max-time": float(duration),
+                              "run-dir": str(run_dir.resolve()), "run-name": run_dir.name, "num-partitions": n,
+                              "min-clients": n, "wait-clients": 180.0, "metrics-address": metrics_address}
+    for k, v in dict(settings).items():
+        if k not in DEFAULTS:
+            raise ValueError(f"--set {k}: unknown run-config key; valid: {', '.join(DEFAULTS)}")
+        config[k] = v
+    from fedhive.server.settings import RunSettings
+
+    RunSettings.from_config(config)  # check everything before starting a process
+    cluster = LocalCluster(run_dir, emulate=emulate)
+    run_id = None
+    try:
+        console.print(f"fedhive up: {n} agents {counts}, {strategy} on {task}, {duration:.0f} s; device speeds "
+                      f"emulated by {cluster.emulation}"
+                      + (" (cgroup CPU quota per class: " + ", ".join(
+                          f"{c} {'none' if CPU_QUOTAS[c] is None else f'{CPU_QUOTAS[c]:.2f} core'}" for c in counts)
+                         + ")" if cluster.emulation == "cgroup" else "") + f"; run folder {run_dir}")
+        cluster.start_superlink()
+        i = 0
+        for cls, k in counts.items():
+            for _ in range(k):
+                cluster.add_agent(cls, i, n)
+                i += 1
+        run_id = cluster.submit(config)
+        console.print(f"submitted Flower run {run_id} to the SuperLink at {cluster.address}")
+        status = _watch(cluster, run_dir, run_id, duration, live, console)
+        if status.get("state") != "finished":
+            raise RuntimeError(f"the run ended as {status.get('state')} ({status.get('flower_status', '')}); see "
+                               f"{run_dir / 'logs'}")
+        history = json.loads((run_dir / "history.json").read_text())
+        _summary(history, run_dir, console)
+        return history
+    except KeyboardInterrupt:
+        console.print("interrupted: stopping the run and every process")
+        if run_id is not None:
+            try:
+                cluster.stop_run(run_id)
+            except Exception:  # the processes are stopped below anyway
+                pass
+        raise
+    finally:
+        cluster.close()
+
+
+def _watch(cluster: LocalCluster, run_dir: Path, run_id: int, duration: float, live: bool,
+           console: Console) -> dict[str, Any]:
+    timeout = duration + 600
+    if live:
+        from rich.live import Live
+
+        with Live(console=console, refresh_per_second=2) as view:
+            return cluster.wait_status(run_dir, run_id=run_id, timeout=timeout,
+                                       on_status=lambda st: view.update(_status_table(st, cluster.emulation)))
+    last = [0.0]
+
+    def line(st: Mapping[str, Any]) -> None:
+        if time.monotonic() - last[0] >= 10 and st.get("state") == "running":
+            last[0] = time.monotonic()
+            acc = st.get("accuracy")
+            console.print(f"t={st.get('time', 0):.0f}s version {st.get('version')} accuracy "
+                          f"{'-' if acc is None else f'{acc:.3f}'} updates {st.get('client_updates')} "
+                          f"{st.get('updates_by_class')} staleness {st.get('mean_staleness', 0):.1f}")
+
+    return cluster.wait_status(run_dir, run_id=run_id, timeout=timeout, on_status=line)
+
+
+def _summary(history: Mapping[str, Any], run_dir: Path, console: Console) -> None:
+    final = history["final"]
+    t = Table(title=f"fedhive up: {history['strategy']} finished ({final.get('stop_reason')})")
+    for col in ("wall s", "version", "accuracy", "client updates", "updates by class", "MB moved"):
+        t.add_column(col, justify="right")
+    t.add_row(f"{final['time']:.0f}", str(final["version"]), f"{final['accuracy']:.4f}",
+              str(final["client_updates"]), ", ".join(f"{k} {v}" for k, v in history["updates_by_class"].items()),
+              f"{final['bytes'] / 1e6:.1f}")
+    console.print(t)
+    g = history.get("groups") or {}
+    if g.get("groups"):
+        console.print(f"FedCompass groups: members arrived within {g['median_spread']:.1f} s of each other "
+                      f"(median over {g['groups']} groups of 2 or more; max {g['max_spread']:.1f} s)")
+    console.print(f"run folder: {run_dir} (history.json, model.safetensors, accuracy_vs_time.png, checkpoints/, "
+                  f"logs/)")
+    sys.stdout.flush()
