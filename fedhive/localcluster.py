@@ -261,6 +261,10 @@ class LocalCluster:
                "--port", str(free_port()), "--node-config", node_config_string(node_config)]
         return self._spawn(name or f"supernode{i}", cmd)
 
+    def stop_pgid(self, pgid: int, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` to process group ``pgid`` (e.g. an agent's SuperNode, from ``agents/*/supernode.pid``)."""
+        _signal_group(pgid, sig)
+
     def stop(self, proc: Proc, sig: int = signal.SIGTERM) -> None:
         """Send ``sig`` to ``proc``'s whole process group (SIGKILL: no goodbye, as a device losing power)."""
         _signal_group(proc.pid, sig)

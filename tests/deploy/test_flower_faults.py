@@ -1,0 +1,102 @@
+"""Faults and foreign clients on a real Flower cluster: a SuperNode killed mid-task and one joining mid-run, stock
+Flower ClientApps under fedhive's server app, and ``fedhive up`` end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import dump_logs, read_json, status, wait_for, wait_for_none
+
+from fedhive.localcluster import LocalCluster
+from fedhive.server.settings import KEYS
+
+pytestmark = pytest.mark.timeout(900)
+HERE = Path(__file__).resolve().parent
+
+
+def test_killed_supernode_fails_its_task_and_a_new_node_gets_work(tmp_path):
+    cluster = LocalCluster(tmp_path / "c", emulate="none", data_dir=tmp_path / "data")
+    try:
+        cluster.start_superlink()
+        for i, cls in enumerate(("cpu", "cpu", "rpi4")):
+            cluster.add_agent(cls, i, 3)
+        run_dir = tmp_path / "run"
+        run_id = cluster.submit({"strategy": "fedasync", "task": "synthetic", "local-steps": 5, "min-clients": 3,
+                                 "max-time": 110.0, "eval-interval": 5.0, "run-dir": str(run_dir)})
+        wait_for(lambda: status(run_dir).get("client_updates", 0) >= 3, 120, "three updates")
+        # SIGKILL the rpi4 agent's SuperNode (and its launcher and ClientApp): no goodbye, as a device losing power.
+        victim = cluster.run_dir / "agents" / "agent2" / "supernode.pid"
+        old_pid = int(victim.read_text())
+        cluster.stop_pgid(old_pid, signal.SIGKILL)
+        # Its agent starts a new SuperNode, which registers as a new node and must get work.
+        wait_for(lambda: victim.exists() and int(victim.read_text()) != old_pid, 30, "the agent to restart it")
+        st = cluster.wait_status(run_dir, run_id=run_id, timeout=300)
+        assert st["state"] == "finished", dump_logs(cluster)
+        h = read_json(run_dir / "history.json")
+        assert h["counters"].get("failed_node_lost", 0) >= 1, h["counters"]  # the lost task went to the strategy
+        rpi_nodes = {a["node"] for a in h["arrivals"] if a["class"] == "rpi4"}
+        assert len(rpi_nodes) == 2, h["arrivals"]  # the old node id and the new one both delivered updates
+    finally:
+        cluster.close()
+    assert not wait_for_none(cluster)
+
+
+def _stock_app(dst: Path) -> Path:
+    """The stock ClientApp with fedhive's server app, in a Flower app folder declaring fedhive's run config."""
+    dst.mkdir(parents=True)
+    shutil.copy(HERE / "stock_app" / "stock_client.py", dst / "stock_client.py")
+    lines = ['[build-system]', 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', '',
+             '[project]', 'name = "stockapp"', 'version = "1.0.0"', '', '[tool.flwr.app]', 'publisher = "someone"', '',
+             '[tool.flwr.app.components]', 'serverapp = "fedhive.server.app:app"', 'clientapp = "stock_client:app"',
+             '', '[tool.flwr.app.config]']
+    lines += [f"{k} = {json.dumps(v)}" for k, (v, _) in KEYS.items()]
+    (dst / "pyproject.toml").write_text("\n".join(lines) + "\n")
+    return dst
+
+
+def test_stock_flower_clients_work_with_fedhive(tmp_path):
+    app = _stock_app(tmp_path / "app")
+    cluster = LocalCluster(tmp_path / "c", emulate="none")
+    try:
+        cluster.start_superlink()
+        for i in range(2):
+            cluster.add_supernode({"partition-id": i, "num-partitions": 2})
+        for strategy, params in (("fedasync", ""), ("fedbuff", "buffer_size=2"), ("fedavg", "")):
+            run_dir = tmp_path / strategy
+            run_id = cluster.submit({"strategy": strategy, "strategy-params": params, "task": "synthetic",
+                                     "min-clients": 2, "max-updates": 4, "max-time": 200.0, "eval-interval": 2.0,
+                                     "run-dir": str(run_dir)}, app_dir=app)
+            st = cluster.wait_status(run_dir, run_id=run_id, timeout=240)
+            assert st["state"] == "finished", dump_logs(cluster)
+            h = read_json(run_dir / "history.json")
+            assert h["final"]["client_updates"] >= 4 and h["final"]["version"] >= 1, h["final"]
+            assert h["counters"].get("rejected", 0) == 0
+            assert set(h["updates_by_class"]) == {"unknown"}  # stock clients do not answer the profile query
+            assert all(a["outcome"] in ("applied", "buffered") for a in h["arrivals"])
+    finally:
+        cluster.close()
+    assert not wait_for_none(cluster)
+
+
+def test_fedhive_up_leaves_a_run_folder(tmp_path):
+    out = tmp_path / "up"
+    cgroups_before = set(Path("/sys/fs/cgroup/cpu").glob("fedhive-*"))
+    res = subprocess.run([sys.executable, "-m", "fedhive.cli", "up", "--agents", "3", "--duration", "30",
+                          "--out", str(out)], capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "emulated by cgroup" in res.stdout or "emulated by slowdown" in res.stdout
+    h = read_json(out / "history.json")
+    assert {"history", "final"} <= set(h)
+    assert {"time", "version", "accuracy", "loss", "client_updates"} <= set(h["history"][-1])
+    assert h["final"]["client_updates"] > 0 and h["final"]["version"] >= 1
+    assert h["history"][-1]["time"] >= 30.0 - 1e-6
+    for f in ("model.safetensors", "accuracy_vs_time.png"):
+        assert (out / f).stat().st_size > 0
+    assert any((out / "checkpoints").glob("ckpt-*.npz"))
+    assert set(Path("/sys/fs/cgroup/cpu").glob("fedhive-*")) <= cgroups_before  # its cgroups were removed
