@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.set_defaults(func=_up)
 
     a = sub.add_parser("agent", help="run on a device: profile it and serve Flower's SuperNode")
-    a.add_argument("--superlink", default="127.0.0.1:9092", help="SuperLink Fleet API address HOST:PORT")
+    a.add_argument("--superlink", default="127.0.0.1:8000", help="the SuperLink's address HOST:PORT (its one port)")
     a.add_argument("--partition-id", type=int, default=0, help="which part of the training data this device holds")
     a.add_argument("--num-partitions", type=int, default=1)
     a.add_argument("--data-dir", default="", help="the device's data and cache folder")

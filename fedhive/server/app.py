@@ -40,6 +40,12 @@ from .settings import RunSettings
 log = logging.getLogger("fedhive.server")
 
 
+def _contiguous(a: np.ndarray) -> np.ndarray:
+    """``a`` in C order, keeping its shape (``np.ascontiguousarray`` turns a 0-d array into 1-d)."""
+    a = np.asarray(a)
+    return a if a.flags.c_contiguous else a.copy(order="C")
+
+
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=1, default=_jsonable))
@@ -201,10 +207,12 @@ def run(grid: Any, run_config: Mapping[str, Any]) -> RunResult:
     observers: list[Observer] = [status]
     if store is not None:
         observers.append(_Publisher(store))
+    metrics = None
     if settings["metrics-address"]:
         from .metrics import ServerMetrics
 
-        observers.append(ServerMetrics.serve(settings["metrics-address"], transport=transport))
+        metrics = ServerMetrics.serve(settings["metrics-address"], transport=transport)
+        observers.append(metrics)
     resume_from = ckpt.latest(ckpt_dir) if settings["resume"] else None
     if settings["resume"] and resume_from is None:
         log.warning("resume=true but %s holds no checkpoint: starting a new run", ckpt_dir)
@@ -231,6 +239,8 @@ def run(grid: Any, run_config: Mapping[str, Any]) -> RunResult:
     finally:
         if store is not None:
             store.stop()
+        if metrics is not None:
+            metrics.close()
     final = dict(result.final)
     final["wall_seconds"] = time.perf_counter() - t0
     final["stop_reason"] = result.stop_reason
@@ -269,7 +279,7 @@ def save_model(path: Path, params: Sequence[np.ndarray], names: Sequence[str]) -
     from safetensors.numpy import save_file
 
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({n: np.ascontiguousarray(p) for n, p in zip(names, params)}, str(tmp))
+    save_file({n: _contiguous(p) for n, p in zip(names, params)}, str(tmp))
     os.replace(tmp, path)
 
 
