@@ -10,6 +10,7 @@ and every process started. The run folder keeps ``history.json``, ``model.safete
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -86,7 +87,11 @@ def up(*, strategy: str = "fedcompass", agents: int | None = None, mix: str | No
     from fedhive.server.settings import RunSettings
 
     RunSettings.from_config(config)  # check everything before starting a process
-    cluster = LocalCluster(run_dir, emulate=emulate)
+    # One data cache for every agent on this machine, filled once here, before the agents (some with a fifth of a
+    # core) would each generate the same data at once.
+    data_dir = Path(os.environ.get("FEDHIVE_CACHE") or Path.home() / ".cache" / "fedhive")
+    _prewarm(task, n, config, data_dir)
+    cluster = LocalCluster(run_dir, emulate=emulate, data_dir=data_dir)
     run_id = None
     try:
         console.print(f"fedhive up: {n} agents {counts}, {strategy} on {task}, {duration:.0f} s; device speeds "
@@ -119,6 +124,22 @@ def up(*, strategy: str = "fedcompass", agents: int | None = None, mix: str | No
         raise
     finally:
         cluster.close()
+
+
+def _prewarm(task: str, n: int, config: Mapping[str, Any], data_dir: Path) -> None:
+    from fedhive.tasks import load_task
+
+    old = os.environ.get("FEDHIVE_CACHE")
+    os.environ["FEDHIVE_CACHE"] = str(data_dir)
+    try:
+        t = load_task(task, num_clients=n, partition=config.get("partition", DEFAULTS["partition"]),
+                      alpha=config.get("alpha", DEFAULTS["alpha"]), seed=config.get("seed", DEFAULTS["seed"]))
+        t.num_examples(0)
+    finally:
+        if old is None:
+            os.environ.pop("FEDHIVE_CACHE", None)
+        else:
+            os.environ["FEDHIVE_CACHE"] = old
 
 
 def _watch(cluster: LocalCluster, run_dir: Path, run_id: int, duration: float, live: bool,
