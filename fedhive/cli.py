@@ -65,7 +65,16 @@ def _sim(args: argparse.Namespace) -> int:
                     target=args.target, stop_at_target=args.stop_at_target, eval_interval=args.eval_interval,
                     executor=args.executor, workers=args.workers, ray_address=args.ray_address)
     console = Console()
-    res = run_sim(cfg, progress=not args.quiet)
+    metrics = None
+    if args.metrics_address:
+        from fedhive.server.metrics import ServerMetrics
+
+        metrics = ServerMetrics.serve(args.metrics_address, simulated=True)  # times are virtual seconds
+    try:
+        res = run_sim(cfg, progress=not args.quiet, observer=metrics)
+    finally:
+        if metrics is not None:
+            metrics.close()
     res.pop("_params")
     final = res["final"]
     table = Table(title=f"fedhive sim: {args.strategy} on {args.task}, {fleet.size} clients {fleet.mix}, "
@@ -136,7 +145,7 @@ def _agent(args: argparse.Namespace) -> int:
                         auth_private_key=args.auth_supernode_private_key,
                         auth_public_key=args.auth_supernode_public_key, slowdown=args.slowdown,
                         worker=not args.no_worker, max_backoff=args.max_backoff, state_dir=args.state_dir,
-                        node_config=_pairs(args.node_config, "node config"))
+                        node_config=_pairs(args.node_config, "node config"), metrics_address=args.metrics_address)
     return Agent(opts, profile).run()
 
 
@@ -173,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stop-at-target", action="store_true", help="end the run when --target is reached")
     s.add_argument("--eval-interval", type=float, default=None, help="virtual seconds between evaluations")
     s.add_argument("--out", default=None, help="write DIR/results.json")
+    s.add_argument("--metrics-address", default="", help="serve Prometheus metrics (mode=simulated) on HOST:PORT")
     executor_options(s, "inline")
     s.set_defaults(func=_sim)
 
@@ -200,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--duration", type=float, default=240.0, help="seconds of training (default 240)")
     u.add_argument("--task", default="mnist1d")
     u.add_argument("--out", default=None, help="run folder (default runs/up-DATE); no live screen")
-    u.add_argument("--metrics-address", default="", help="HOST:PORT for the server's Prometheus endpoint")
+    u.add_argument("--metrics-address", default="127.0.0.1:9400", help="HOST:PORT of the server's Prometheus "
+                   "endpoint (default 127.0.0.1:9400; empty: none)")
     u.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key (repeatable)")
     u.add_argument("--emulate", choices=("auto", "cgroup", "slowdown", "none"), default="auto",
                    help="how device classes get their speed (default: cgroup CPU quota if writable)")
@@ -222,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--max-backoff", type=float, default=60.0, help="longest wait between SuperNode restarts (s)")
     a.add_argument("--state-dir", default="", help="folder for the worker socket (default: a temporary one)")
     a.add_argument("--node-config", action="append", metavar="KEY=VALUE", help="extra node config (repeatable)")
+    a.add_argument("--metrics-address", default="", help="HOST:PORT for the agent's own Prometheus metrics")
     a.add_argument("--print-profile", action="store_true", help="print the detected profile and device class, exit")
     a.set_defaults(func=_agent)
     return p

@@ -106,7 +106,8 @@ def up(*, strategy: str = "fedcompass", agents: int | None = None, mix: str | No
                 cluster.add_agent(cls, i, n)
                 i += 1
         run_id = cluster.submit(config)
-        console.print(f"submitted Flower run {run_id} to the SuperLink at {cluster.address}")
+        console.print(f"submitted Flower run {run_id} to the SuperLink at {cluster.address}"
+                      + (f"; Prometheus metrics at http://{metrics_address}/metrics" if metrics_address else ""))
         status = _watch(cluster, run_dir, run_id, duration, live, console)
         if status.get("state") != "finished":
             raise RuntimeError(f"the run ended as {status.get('state')} ({status.get('flower_status', '')}); see "

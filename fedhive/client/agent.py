@@ -90,6 +90,7 @@ class AgentOptions:
     max_backoff: float = 60.0
     state_dir: str = ""
     node_config: dict = field(default_factory=dict)
+    metrics_address: str = ""
 
     def __post_init__(self) -> None:
         if self.device_class != "auto" and self.device_class not in DEVICE_CLASSES:
@@ -121,6 +122,7 @@ class Agent:
         self._proc: subprocess.Popen | None = None
         self.restarts = 0
         self.worker = None
+        self.metrics: Any = None
         self.socket_path = str(self.state_dir / "worker.sock")
 
     def node_config(self) -> dict[str, Any]:
@@ -163,7 +165,9 @@ class Agent:
         from .worker import Worker
 
         os.environ["FEDHIVE_CACHE"] = str(self.data_dir)
-        self.worker = Worker(self.socket_path, Trainer(slowdown=self.opts.slowdown))
+        trainer = Trainer(slowdown=self.opts.slowdown)
+        trainer.metrics = self.metrics
+        self.worker = Worker(self.socket_path, trainer)
         import torch  # noqa: F401  (warm: the first task should not pay for the import)
 
     def run(self) -> int:
@@ -171,6 +175,11 @@ class Agent:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
+        if self.opts.metrics_address:
+            from .metrics import AgentMetrics
+
+            self.metrics = AgentMetrics(self.device_class, self.profile.as_dict())
+            self.metrics.serve(self.opts.metrics_address)
         self.start_worker()
         backoff = 1.0
         log.info("agent: device class %s, profile %s", self.device_class, self.profile.as_dict())
@@ -190,6 +199,8 @@ class Agent:
                     backoff = 1.0
                 log.warning("flower-supernode exited with code %s; restarting in %.0f s", code, backoff)
                 self.restarts += 1
+                if self.metrics is not None:
+                    self.metrics.restarts.inc()
                 if self._stop.wait(backoff):
                     break
                 backoff = min(self.opts.max_backoff, backoff * 2)
@@ -197,6 +208,8 @@ class Agent:
             self._terminate()
             if self.worker is not None:
                 self.worker.close()
+            if self.metrics is not None:
+                self.metrics.close()
         return 0
 
     def stop(self) -> None:

@@ -63,6 +63,7 @@ class Trainer:
         self._tasks: dict[tuple, Any] = {}
         self._lock = threading.Lock()
         self.requests = 0
+        self.metrics: Any = None  # an AgentMetrics, when the agent serves metrics
 
     # ------------------------------------------------------------------ tasks
     def task(self, settings: Mapping[str, Any], node: Mapping[str, Any]) -> tuple[Any, int]:
@@ -92,6 +93,12 @@ class Trainer:
     # ------------------------------------------------------------------ requests
     def handle(self, req: Mapping[str, Any], params: Sequence[np.ndarray]) -> tuple[dict[str, Any], list[np.ndarray]]:
         """Answer one request: ``{"op": "profile" | "train" | "evaluate", "settings", "node", ...}``."""
+        reply, out = self._handle(req, params)
+        if self.metrics is not None:
+            self.metrics.observe(str(req.get("op")), reply)
+        return reply, out
+
+    def _handle(self, req: Mapping[str, Any], params: Sequence[np.ndarray]) -> tuple[dict[str, Any], list[np.ndarray]]:
         self.requests += 1
         op = req.get("op")
         if op == "ping":

@@ -211,8 +211,15 @@ def run(grid: Any, run_config: Mapping[str, Any]) -> RunResult:
     if settings["metrics-address"]:
         from .metrics import ServerMetrics
 
-        metrics = ServerMetrics.serve(settings["metrics-address"], transport=transport)
-        observers.append(metrics)
+        try:
+            metrics = ServerMetrics.serve(settings["metrics-address"], transport=transport)
+        except OSError as exc:
+            log.error("cannot serve metrics on %s (%s): running without them; set metrics-address to a free "
+                      "HOST:PORT, or '' for none", settings["metrics-address"], exc)
+        else:
+            if store is not None:
+                metrics.watch_store(store)
+            observers.append(metrics)
     resume_from = ckpt.latest(ckpt_dir) if settings["resume"] else None
     if settings["resume"] and resume_from is None:
         log.warning("resume=true but %s holds no checkpoint: starting a new run", ckpt_dir)

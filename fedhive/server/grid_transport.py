@@ -124,6 +124,8 @@ class GridTransport(Transport):
         """Ask the SuperLink which nodes are online; profile new ones, drop lost ones. True if clients changed."""
         self._next_membership = self._clock() + self.membership_interval
         online = {int(n) for n in self.grid.get_node_ids()}
+        # Before asking: a node whose profile query is refused joins at once, and _join checks it is online.
+        self._online = online
         changed = False
         for node in sorted(online - self._queried):
             self._ask_profile(node)
@@ -132,7 +134,13 @@ class GridTransport(Transport):
                 del self._clients[node]
                 changed = True
                 log.info("node %s left", node)
-        self._online = online
+        # Flower keeps a node's id when it misses heartbeats and comes back: profile it again when it does.
+        gone = self._queried - online
+        if gone:
+            self._queried -= gone
+            for mid, q in list(self._queries.items()):
+                if q.node_id in gone:
+                    del self._queries[mid]
         if changed:
             self._membership += 1
         return changed
@@ -159,7 +167,7 @@ class GridTransport(Transport):
             self._join(node, {}, "the profile query was refused")
 
     def _join(self, node: int, profile: Mapping[str, Any], why: str = "") -> None:
-        if node not in self._online and self._online:
+        if node not in self._online:
             return  # it left before it answered
         device_class = str(profile.get("device-class", "unknown")) or "unknown"
         num_examples = profile.get("num-examples", 0)

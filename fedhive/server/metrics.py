@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client.core import CounterMetricFamily
 
 from fedhive.strategies.base import ClientInfo, Outcome, Strategy, Task, Update
 
@@ -18,22 +19,52 @@ from .orchestrator import Observer
 
 log = logging.getLogger("fedhive.metrics")
 
+FAILURE_REASONS = ("node_lost", "timeout", "client_error", "client_crashed", "rejected", "lost_in_restart",
+                   "push_refused", "dropout")
 STALENESS_BUCKETS = (0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120, 300, 600)
+AGGREGATION_BUCKETS = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3)
+BYTES_BUCKETS = tuple(float(4 ** k) for k in range(5, 16))  # 1 KiB .. 1 GiB
+STEPS_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 500)
+
+
+class _StoreCollector:
+    """Model-store requests as a counter, read from the store's own tallies at scrape time."""
+
+    def __init__(self) -> None:
+        self.store: Any = None
+
+    def collect(self):
+        c = CounterMetricFamily("fedhive_model_store_requests", "Model store GetModel calls, by result",
+                                labels=["result"])
+        s = self.store
+        if s is not None:
+            c.add_metric(["served"], s.served)
+            c.add_metric(["not_newer"], s.not_newer)
+            c.add_metric(["refused"], s.refused)
+        yield c
 
 
 class ServerMetrics(Observer):
     """The server's metrics in their own registry (``registry``); :meth:`serve` also exposes them over HTTP."""
 
-    def __init__(self, transport: Any = None, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, transport: Any = None, registry: CollectorRegistry | None = None, *,
+                 simulated: bool = False) -> None:
         r = self.registry = registry or CollectorRegistry()
         self.transport = transport
         self.strategy: Strategy | None = None
+        self.simulated = simulated
+        from fedhive import __version__
+
+        self.build = Info("fedhive_build", "fedhive version, strategy and mode of this run", registry=r)
+        self.build.info({"version": __version__, "strategy": "", "mode": "simulated" if simulated else "deployment"})
         self.version = Gauge("fedhive_model_version", "Version of the global model", registry=r)
         self.updates = Counter("fedhive_updates_total", "Client updates received, by outcome",
                                ["outcome", "reason", "device_class"], registry=r)
         self.failures = Counter("fedhive_task_failures_total", "Tasks that did not come back, by reason",
                                 ["reason"], registry=r)
+        for reason in FAILURE_REASONS:  # exported as 0 from the start, so rates and alerts see the series
+            self.failures.labels(reason)
         self.dispatched = Counter("fedhive_tasks_dispatched_total", "Tasks sent to clients", ["device_class"],
                                   registry=r)
         self.staleness = Histogram("fedhive_update_staleness", "Versions between a task's model and the global "
@@ -50,8 +81,23 @@ class ServerMetrics(Observer):
         self.bytes.set_function(lambda: float(getattr(self.transport, "bytes_moved", 0) or 0))
         self.strategy_gauge = Gauge("fedhive_strategy_state", "Strategy-specific state: fedbuff buffer_fill, "
                                     "fedcompass open_groups and buffered, fedasmu alpha", ["name"], registry=r)
+        self.aggregation = Histogram("fedhive_aggregation_duration_seconds", "Time the strategy took for an update "
+                                     "or timer that changed the global model", buckets=AGGREGATION_BUCKETS, registry=r)
+        self.update_bytes = Histogram("fedhive_update_size_bytes", "Model bytes in each client update",
+                                      buckets=BYTES_BUCKETS, registry=r)
+        self.bytes_received = Counter("fedhive_received_bytes", "Model bytes received in client updates",
+                                      registry=r)
+        self.bytes_sent = Counter("fedhive_sent_bytes", "Model bytes sent with tasks", registry=r)
+        self.steps = Histogram("fedhive_assigned_steps", "Local steps assigned per task (FedCompass varies them)",
+                               buckets=STEPS_BUCKETS, registry=r)
+        self._store = _StoreCollector()
+        r.register(self._store)
         self._classes: set[str] = set()
         self._http: Any = None
+
+    def watch_store(self, store: Any) -> None:
+        """Export the model store's request tallies."""
+        self._store.store = store
 
     def close(self) -> None:
         """Stop the HTTP endpoint started by :meth:`serve`."""
@@ -62,19 +108,30 @@ class ServerMetrics(Observer):
             self._http = None
 
     @classmethod
-    def serve(cls, address: str, transport: Any = None) -> "ServerMetrics":
-        """Metrics exposed at ``http://address/metrics`` (``HOST:PORT``)."""
+    def serve(cls, address: str, transport: Any = None, *, simulated: bool = False) -> "ServerMetrics":
+        """Metrics exposed at ``http://address/metrics`` (``HOST:PORT``).
+
+        Raises
+        ------
+        ValueError
+            A malformed address. OSError: the port is taken.
+        """
         host, sep, port = address.rpartition(":")
         if not sep or not port.isdigit():
-            raise ValueError(f"metrics-address must be HOST:PORT (e.g. 127.0.0.1:9464), got {address!r}")
-        m = cls(transport)
+            raise ValueError(f"metrics-address must be HOST:PORT (e.g. 127.0.0.1:9400), got {address!r}")
+        m = cls(transport, simulated=simulated)
         m._http = start_http_server(int(port), addr=host or "127.0.0.1", registry=m.registry)
         log.info("Prometheus metrics on http://%s/metrics", address)
         return m
 
     # ------------------------------------------------------------------ observer hooks
     def on_start(self, strategy: Strategy, now: float) -> None:
+        from fedhive import __version__
+
         self.strategy = strategy
+        self.build.info({"version": __version__, "strategy": strategy.name,
+                         "mode": "simulated" if self.simulated else "deployment"})
+        self._model_bytes = sum(int(p.nbytes) for p in strategy.params)
         self.version.set(strategy.version)
         self._strategy_state()
         if self.transport is not None:
@@ -82,6 +139,10 @@ class ServerMetrics(Observer):
 
     def on_dispatch(self, task: Task, client: ClientInfo, now: float) -> None:
         self.dispatched.labels(client.device_class).inc()
+        self.bytes_sent.inc(getattr(self, "_model_bytes", 0))
+        steps = task.config.get("local_steps")
+        if isinstance(steps, (int, float)):
+            self.steps.observe(steps)
         self._after_change()
 
     def on_update(self, update: Update, outcome: Outcome, client: ClientInfo, staleness: int, duration: float,
@@ -89,7 +150,13 @@ class ServerMetrics(Observer):
         self.updates.labels(outcome.status, outcome.reason, client.device_class).inc()
         self.staleness.observe(max(0, staleness))
         self.duration.labels(client.device_class).observe(max(0.0, duration))
+        size = sum(int(p.nbytes) for p in update.params)
+        self.update_bytes.observe(size)
+        self.bytes_received.inc(size)
         self._after_change()
+
+    def on_aggregate(self, seconds: float, now: float) -> None:
+        self.aggregation.observe(seconds)
 
     def on_reject(self, reason: str, node_id: int, now: float) -> None:
         self.updates.labels("rejected", reason, "unknown").inc()

@@ -52,6 +52,7 @@ class _Servicer(pb_grpc.ModelStoreServicer):
                           f"missing or wrong run token in metadata {TOKEN_KEY!r}; use the token of this run")
         version, data, digest = self.store.snapshot(request.min_version)
         if data is None:
+            self.store.not_newer += 1
             yield pb.ModelChunk(newer=False, version=version)
             return
         self.store.served += 1
@@ -90,6 +91,7 @@ class ModelStore:
         self._params: Sequence[np.ndarray] | None = None
         self._file: tuple[int, bytes, str] | None = None
         self.served = 0
+        self.not_newer = 0
         self.refused = 0
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="store"),
                                    options=[("grpc.max_send_message_length", MAX_CHUNK + (1 << 16))])

@@ -8,13 +8,15 @@
 4. evaluate on schedule, checkpoint, report to the observer;
 5. stop at the run's limit (time, versions, client updates, target accuracy).
 
-The orchestrator never imports Flower and never reads a clock: the transport owns both.
+The orchestrator never imports Flower and never reads a clock for the run's time: the transport owns both. (It does
+time the strategy's aggregation with ``time.perf_counter`` for the metrics; that never changes what happens.)
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +73,9 @@ class Observer:
     def on_evaluate(self, record: dict, now: float) -> None: ...
 
     def on_membership(self, clients: Sequence[ClientInfo], now: float) -> None: ...
+
+    def on_aggregate(self, seconds: float, now: float) -> None:
+        """The global model changed; ``seconds`` is how long the strategy took (for metrics only)."""
 
 
 @dataclass
@@ -222,7 +227,10 @@ class Orchestrator:
             timer = self.strategy.next_timer()
             fired = timer is not None and timer <= now
             if fired:
+                v, t = self.strategy.version, time.perf_counter()
                 self.strategy.on_timer(now)
+                if self.strategy.version != v:
+                    self.observer.on_aggregate(time.perf_counter() - t, now)
                 self._after_change(now)
             if self._next_eval_time is not None and now >= self._next_eval_time:
                 while self._next_eval_time <= now:
@@ -355,7 +363,10 @@ class Orchestrator:
         d = self._end_task(ev.task_id)
         client = self._clients.get(u.node_id) or ClientInfo(u.node_id, u.num_examples, "unknown")
         staleness = self.strategy.version - u.base_version
+        v, t = self.strategy.version, time.perf_counter()
         outcome = self.strategy.on_update(u, now)
+        if self.strategy.version != v:
+            self.observer.on_aggregate(time.perf_counter() - t, now)
         self.client_updates += 1
         counters[_OUTCOME_KEYS.get(outcome.status) or f"update_{outcome.status}"] += 1
         if outcome.reason:

@@ -43,7 +43,7 @@ KEYS: dict[str, tuple[Any, str]] = {
     "tls-certfile": ("", "the SuperLink's certificate, for the model store's TLS (with tls-keyfile)"),
     "tls-keyfile": ("", "the SuperLink's private key, for the model store's TLS"),
     "store-ca": ("", "CA certificate (PEM path on the devices) to verify the model store"),
-    "metrics-address": ("", "HOST:PORT for the Prometheus endpoint (empty: none)"),
+    "metrics-address": ("127.0.0.1:9400", "HOST:PORT of the Prometheus endpoint (empty: none; 0.0.0.0 only if asked)"),
 }
 
 DEFAULTS: dict[str, Any] = {k: v for k, (v, _) in KEYS.items()}
@@ -61,7 +61,7 @@ def parse_kv(text: str, what: str) -> dict[str, Any]:
             raise ValueError(f"{what} is not valid JSON: {exc}") from exc
         if not isinstance(value, dict):
             raise ValueError(f"{what} must be a JSON object, got {text!r}")
-        return value
+        return {str(k).replace("-", "_"): v for k, v in value.items()}
     out: dict[str, Any] = {}
     for item in text.split(","):
         key, sep, raw = item.partition("=")

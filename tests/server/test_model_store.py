@@ -1,0 +1,214 @@
+"""The gRPC model store (a real server on 127.0.0.1), the device-side fetch_model, and the model file format."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from fedhive.client.fetch import FetchError, fetch_model
+from fedhive.proto import model_store_pb2 as pb
+from fedhive.proto import model_store_pb2_grpc as pb_grpc
+from fedhive.proto.modelfile import decode, encode
+from fedhive.server.model_store import TOKEN_KEY, ModelStore
+
+
+@pytest.fixture
+def store():
+    s = ModelStore("127.0.0.1:0")
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def small_model() -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [rng.standard_normal((4, 5)).astype(np.float32), rng.standard_normal(5).astype(np.float32),
+            np.array([[np.nan, -0.0, np.inf]], dtype=np.float32)]
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def raw_chunks(store: ModelStore, min_version: int, chunk_bytes: int = 0, token: str | None = None):
+    with grpc.insecure_channel(store.address) as ch:
+        stub = pb_grpc.ModelStoreStub(ch)
+        return list(stub.GetModel(pb.GetModelRequest(min_version=min_version, chunk_bytes=chunk_bytes),
+                                  metadata=((TOKEN_KEY, store.token if token is None else token),), timeout=10))
+
+
+# --------------------------------------------------------------------------- store and fetch
+def test_address_has_the_bound_port_and_a_fresh_token_per_store(store):
+    host, _, port = store.address.rpartition(":")
+    assert host == "127.0.0.1" and int(port) > 0
+    other = ModelStore("127.0.0.1:0")
+    try:
+        assert len(store.token) == 64 and other.token != store.token and other.address != store.address
+    finally:
+        other.stop()
+
+
+@pytest.mark.parametrize("address", ["9300", ":9300", "host:", "host:port"])
+def test_bad_listen_address_is_refused(address):
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        ModelStore(address)
+
+
+def test_nothing_is_newer_before_the_first_publish(store):
+    assert store.version == -1
+    assert fetch_model(store.address, store.token, min_version=-1) == (-1, None, 0)
+    assert fetch_model(store.address, store.token, min_version=5) == (-1, None, 0)
+    chunks = raw_chunks(store, -1)
+    assert len(chunks) == 1 and chunks[0].newer is False and chunks[0].data == b""
+    assert store.not_newer == 3 and store.served == 0
+
+
+def test_published_model_arrives_bit_for_bit(store):
+    model = small_model()
+    store.publish(model, 3)
+    assert store.version == 3
+    version, got, nbytes = fetch_model(store.address, store.token, min_version=1)
+    assert version == 3 and nbytes == len(encode(model)) > 0
+    assert len(got) == len(model) and all(same_bits(a, b) for a, b in zip(got, model))
+    assert store.served == 1
+
+
+def test_not_newer_when_the_device_already_has_the_version(store):
+    store.publish(small_model(), 3)
+    assert fetch_model(store.address, store.token, min_version=3) == (3, None, 0)
+    assert fetch_model(store.address, store.token, min_version=10) == (3, None, 0)
+    assert store.not_newer == 2 and store.served == 0
+
+
+@pytest.mark.parametrize("token", ["wrong-token", ""])
+def test_wrong_or_empty_token_is_unauthenticated(store, token):
+    store.publish(small_model(), 3)
+    with pytest.raises(FetchError, match="UNAUTHENTICATED"):
+        fetch_model(store.address, token, min_version=1)
+    assert store.refused == 1 and store.served == 0
+    # The right token still works afterwards.
+    assert fetch_model(store.address, store.token, min_version=1)[0] == 3
+    assert store.refused == 1
+
+
+def test_refusals_are_counted(store):
+    store.publish(small_model(), 1)
+    for token in ("a", "", store.token[:-1], store.token + "0"):
+        with pytest.raises(FetchError, match="UNAUTHENTICATED"):
+            fetch_model(store.address, token, min_version=0)
+    with pytest.raises(grpc.RpcError) as info:
+        raw_chunks(store, 0, token="nope")
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert store.refused == 5 and store.served == 0 and store.not_newer == 0
+
+
+def test_a_3mb_model_arrives_in_several_chunks_intact(store):
+    rng = np.random.default_rng(1)
+    model = [rng.standard_normal(700_000).astype(np.float32), rng.integers(0, 9, (50, 1000)).astype(np.int64)]
+    size = len(encode(model))
+    assert size > 3_000_000
+    store.publish(model, 2)
+    chunk = 1 << 20
+    chunks = raw_chunks(store, 0, chunk_bytes=chunk)
+    assert len(chunks) == -(-size // chunk) >= 3
+    assert all(c.newer and c.version == 2 for c in chunks)
+    assert [c.offset for c in chunks] == [i * chunk for i in range(len(chunks))]
+    assert all(len(c.data) == chunk for c in chunks[:-1]) and 0 < len(chunks[-1].data) <= chunk
+    assert chunks[0].total_bytes == size and all(c.total_bytes == 0 and c.sha256 == "" for c in chunks[1:])
+    import hashlib
+
+    data = b"".join(c.data for c in chunks)
+    assert hashlib.sha256(data).hexdigest() == chunks[0].sha256
+    assert all(same_bits(a, b) for a, b in zip(decode(data), model))
+    # fetch_model reassembles it (server default chunk of 1 MiB).
+    version, got, nbytes = fetch_model(store.address, store.token, min_version=0)
+    assert version == 2 and nbytes == size and all(same_bits(a, b) for a, b in zip(got, model))
+
+
+def test_tiny_chunk_requests_are_raised_to_the_minimum(store):
+    model = [np.arange(2000, dtype=np.float32)]  # ~8 KB
+    store.publish(model, 1)
+    chunks = raw_chunks(store, 0, chunk_bytes=10)
+    assert all(len(c.data) == 1024 for c in chunks[:-1])
+    assert len(chunks) == -(-chunks[0].total_bytes // 1024) > 1
+    assert same_bits(decode(b"".join(c.data for c in chunks))[0], model[0])
+
+
+def test_later_fetches_see_the_newest_version(store):
+    first = small_model()
+    store.publish(first, 3)
+    assert fetch_model(store.address, store.token, 2)[0] == 3
+    second = [a * 2 for a in first]
+    store.publish(second, 4)
+    version, got, _ = fetch_model(store.address, store.token, 3)
+    assert version == 4 and all(same_bits(a, b) for a, b in zip(got, second))
+    assert fetch_model(store.address, store.token, 4) == (4, None, 0)
+    # A device on version 1 gets the newest one, not the one after its own.
+    version, got, _ = fetch_model(store.address, store.token, 1)
+    assert version == 4 and all(same_bits(a, b) for a, b in zip(got, second))
+
+
+def test_snapshot_serialises_once_per_version(store):
+    model = small_model()
+    store.publish(model, 1)
+    v1, data1, digest1 = store.snapshot(0)
+    v2, data2, digest2 = store.snapshot(0)
+    assert v1 == v2 == 1 and data1 is data2 and digest1 == digest2 and len(digest1) == 64
+    store.publish([a + 1 for a in model], 2)
+    v3, data3, digest3 = store.snapshot(0)
+    assert v3 == 2 and data3 != data1 and digest3 != digest1
+
+
+def test_unreachable_store_is_a_fetch_error():
+    s = ModelStore("127.0.0.1:0")
+    address, token = s.address, s.token
+    s.stop()
+    with pytest.raises(FetchError, match="UNAVAILABLE"):
+        fetch_model(address, token, 0, timeout=2.0)
+
+
+# --------------------------------------------------------------------------- model files
+def test_model_file_round_trip_keeps_dtypes_shapes_order_and_0d():
+    arrays = [
+        np.arange(6, dtype=np.float32).reshape(2, 3),
+        np.array(2.5, dtype=np.float64),  # 0-d
+        np.array(-7, dtype=np.int64),  # 0-d
+        np.arange(24, dtype=np.int32).reshape(2, 3, 4),
+        np.array([1, 0, 255], dtype=np.uint8),
+        np.array([True, False]),
+        np.array([0.5, -1.25], dtype=np.float16),
+        np.zeros((0, 3), dtype=np.float32),
+        np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4)),  # not C-contiguous
+        np.arange(10, dtype=np.int16)[::2],  # strided view
+    ]
+    data = encode(arrays)
+    assert isinstance(data, bytes)
+    back = decode(data)
+    assert len(back) == len(arrays)
+    for a, b in zip(arrays, back):
+        assert b.dtype == a.dtype and b.shape == a.shape and np.array_equal(a, b)
+    assert back[1].ndim == 0 and back[1] == 2.5 and back[2] == -7
+    assert decode(encode([])) == []
+
+
+def test_model_file_keeps_more_than_ten_arrays_in_order():
+    arrays = [np.full(i + 1, i, dtype=np.int32) for i in range(12)]
+    assert [int(a[0]) for a in decode(encode(arrays))] == list(range(12))
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\x00garbage", b"\xff" * 64, b"{not json at all}",
+                                     (20).to_bytes(8, "little") + b'{"x": 1}' + b" " * 12])
+def test_decoding_garbage_raises_value_error(garbage):
+    with pytest.raises(ValueError):
+        decode(garbage)
+
+
+def test_decoding_a_foreign_safetensors_file_raises_value_error():
+    from safetensors.numpy import save
+
+    with pytest.raises(ValueError, match="named"):
+        decode(save({"weight": np.zeros(2, np.float32)}))
+    with pytest.raises(ValueError, match="named"):
+        decode(save({"00000": np.zeros(2, np.float32), "00002": np.zeros(2, np.float32)}))
