@@ -26,7 +26,8 @@ cp /etc/ssl/certs/ca-certificates.crt "$TREE/etc/ssl/certs/host-ca-certificates.
 mkdir -p "$TREE/src"
 mount --bind "$REPO" "$TREE/src"
 mount -t proc proc "$TREE/proc"
-trap 'umount "$TREE/proc" "$TREE/src" 2>/dev/null || true' EXIT
+mount -t sysfs sysfs "$TREE/sys"
+trap 'umount "$TREE/sys" "$TREE/proc" "$TREE/src" 2>/dev/null || true' EXIT
 chroot "$TREE" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root PIP_CERT=/etc/ssl/certs/host-ca-certificates.crt \
     SSL_CERT_FILE=/etc/ssl/certs/host-ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1 \
     /bin/bash -euo pipefail -c "
