@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from fedhive.client.agent import flower_command, flower_env, node_config_string
+from fedhive.client.agent import flower_command, flower_env, node_config_string, signal_group
 from fedhive.server.settings import format_run_config
 
 log = logging.getLogger("fedhive.cluster")
@@ -35,14 +35,6 @@ APP_DIR = Path(__file__).resolve().parent / "flower_app"
 
 #: Emulated speed of each device class on this machine: the share of one core it may use.
 CPU_QUOTAS: dict[str, float | None] = {"gpu": None, "cpu": 0.5, "rpi5": 0.35, "rpi4": 0.2, "rpi-zero2": 0.08}
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    """Signal the process group ``pgid`` (every process here starts its own session, so pgid = its pid)."""
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def free_port() -> int:
@@ -263,11 +255,11 @@ class LocalCluster:
 
     def stop_pgid(self, pgid: int, sig: int = signal.SIGTERM) -> None:
         """Send ``sig`` to process group ``pgid`` (e.g. an agent's SuperNode, from ``agents/*/supernode.pid``)."""
-        _signal_group(pgid, sig)
+        signal_group(pgid, sig)
 
     def stop(self, proc: Proc, sig: int = signal.SIGTERM) -> None:
         """Send ``sig`` to ``proc``'s whole process group (SIGKILL: no goodbye, as a device losing power)."""
-        _signal_group(proc.pid, sig)
+        signal_group(proc.pid, sig)
 
     # ------------------------------------------------------------------ runs
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
@@ -364,7 +356,7 @@ class LocalCluster:
         """Stop every process this cluster started (SIGTERM to each process group, SIGKILL after ``grace``
         seconds), the agents' SuperNodes and their ClientApps included, and remove the cgroups."""
         for pgid in reversed(self._groups()):
-            _signal_group(pgid, signal.SIGTERM)
+            signal_group(pgid, signal.SIGTERM)
         end = time.monotonic() + grace
         for proc in reversed(self.procs):
             try:
@@ -374,7 +366,7 @@ class LocalCluster:
         while self.leftovers() and time.monotonic() < end:
             time.sleep(0.2)
         for pgid in reversed(self._groups()):
-            _signal_group(pgid, signal.SIGKILL)
+            signal_group(pgid, signal.SIGKILL)
         for proc in reversed(self.procs):
             try:
                 proc.popen.wait(5)

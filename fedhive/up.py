@@ -20,34 +20,28 @@ from rich.console import Console
 from rich.table import Table
 
 from fedhive.localcluster import CPU_QUOTAS, LocalCluster
+from fedhive.sim import profiles as sim_profiles
 from fedhive.server.settings import DEFAULTS
 
 DEFAULT_MIX = {"gpu": 1, "cpu": 2, "rpi4": 3}
 
 
 def parse_mix(text: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for item in text.split(","):
-        name, sep, count = item.partition("=")
-        name = name.strip()
-        if not sep or name not in CPU_QUOTAS or not count.strip().isdigit():
-            raise ValueError(f"--mix {text!r}: write CLASS=COUNT,... with classes {', '.join(CPU_QUOTAS)}")
-        out[name] = out.get(name, 0) + int(count)
-    if sum(out.values()) < 1:
-        raise ValueError(f"--mix {text!r} has no devices")
-    return out
+    """``--mix`` as the simulator reads it, limited to the device classes the local cluster can emulate."""
+    mix = sim_profiles.parse_mix(text)
+    unknown = sorted(set(mix) - set(CPU_QUOTAS))
+    if unknown or sum(mix.values()) < 1:
+        raise ValueError(f"--mix {text!r}: write CLASS=COUNT,... with classes {', '.join(CPU_QUOTAS)}")
+    return mix
 
 
 def scale(mix: Mapping[str, int], n: int) -> dict[str, int]:
-    """``mix`` scaled to ``n`` devices (largest remainders), keeping each class with at least one if n allows."""
+    """``mix`` scaled to ``n`` devices with the simulator's rule; with fewer devices than classes, the n largest."""
     if n < 1:
         raise ValueError(f"--agents must be >= 1, got {n}")
-    total = sum(mix.values())
-    raw = {k: v * n / total for k, v in mix.items()}
-    out = {k: int(r) for k, r in raw.items()}
-    for k in sorted(raw, key=lambda k: raw[k] - out[k], reverse=True)[: n - sum(out.values())]:
-        out[k] += 1
-    return {k: v for k, v in out.items() if v}
+    if n >= len(mix):
+        return sim_profiles.scale_mix(mix, n)
+    return {k: 1 for k in sorted(mix, key=lambda k: mix[k], reverse=True)[:n]}
 
 
 def _status_table(st: Mapping[str, Any], emulation: str) -> Table:

@@ -222,26 +222,23 @@ class Agent:
         terminate_group(p)
 
 
+def signal_group(pgid: int, sig: int) -> None:
+    """Signal process group ``pgid`` if it still exists (a process started with ``start_new_session=True`` leads
+    the group of its own pid)."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def terminate_group(p: subprocess.Popen, grace: float = 10.0) -> None:
     """SIGTERM the process group of ``p`` (started with ``start_new_session=True``), SIGKILL it after ``grace``."""
-    try:
-        pgid = os.getpgid(p.pid)
-    except ProcessLookupError:
-        pgid = None
-    if pgid is not None:
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    signal_group(p.pid, signal.SIGTERM)
     try:
         p.wait(grace)
     except subprocess.TimeoutExpired:
         pass
-    if pgid is not None:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    signal_group(p.pid, signal.SIGKILL)
     try:
         p.wait(5)
     except subprocess.TimeoutExpired:

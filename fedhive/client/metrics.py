@@ -11,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from fedhive import exposition
 
 DURATION_BUCKETS = (0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300)
 
@@ -54,10 +56,7 @@ class AgentMetrics:
         self._http: Any = None
 
     def serve(self, address: str) -> None:
-        host, sep, port = address.rpartition(":")
-        if not sep or not port.isdigit():
-            raise ValueError(f"--metrics-address must be HOST:PORT (e.g. 127.0.0.1:9401), got {address!r}")
-        self._http = start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+        self._http = exposition.serve(address, self.registry, "--metrics-address")
 
     def observe(self, op: str, reply: dict[str, Any]) -> None:
         self.tasks.labels(op).inc()
@@ -69,8 +68,5 @@ class AgentMetrics:
                 self.steps_per_second.set(steps / seconds)
 
     def close(self) -> None:
-        if self._http is not None:
-            server, _ = self._http
-            server.shutdown()
-            server.server_close()
-            self._http = None
+        exposition.stop(self._http)
+        self._http = None

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 
-def _contiguous(a: np.ndarray) -> np.ndarray:
+def contiguous(a: np.ndarray) -> np.ndarray:
     """``a`` in C order, keeping its shape (``np.ascontiguousarray`` turns a 0-d array into 1-d)."""
     a = np.asarray(a)
     return a if a.flags.c_contiguous else a.copy(order="C")
@@ -25,7 +25,7 @@ def encode(params: Sequence[np.ndarray]) -> bytes:
     """``params`` as a safetensors file (tensors named ``00000``, ``00001``, ... to keep their order)."""
     from safetensors.numpy import save
 
-    return save({_key(i): _contiguous(p) for i, p in enumerate(params)})
+    return save({_key(i): contiguous(p) for i, p in enumerate(params)})
 
 
 def decode(data: bytes) -> list[np.ndarray]:

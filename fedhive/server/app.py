@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from fedhive import messages as M
+from fedhive.proto.modelfile import contiguous
 from fedhive.strategies.base import ClientInfo, Outcome, Strategy, Task, Update
 
 from . import checkpoint as ckpt
@@ -38,12 +39,6 @@ from .orchestrator import Observer, Orchestrator, RunResult, StopCondition
 from .settings import RunSettings
 
 log = logging.getLogger("fedhive.server")
-
-
-def _contiguous(a: np.ndarray) -> np.ndarray:
-    """``a`` in C order, keeping its shape (``np.ascontiguousarray`` turns a 0-d array into 1-d)."""
-    a = np.asarray(a)
-    return a if a.flags.c_contiguous else a.copy(order="C")
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -158,7 +153,7 @@ class RunStatus(Observer):
 
 
 class _Publisher(Observer):
-    """Publishes every new global model to the model store."""
+    """Publishes every new global model to the model store (after updates and after timer-driven aggregations)."""
 
     def __init__(self, store: Any) -> None:
         self.store = store
@@ -166,15 +161,15 @@ class _Publisher(Observer):
 
     def on_start(self, strategy: Strategy, now: float) -> None:
         self.strategy = strategy
-        self.store.publish(strategy.params, strategy.version)
+        self._publish()
 
-    def on_update(self, update, outcome, client, staleness, duration, now):  # noqa: D102
+    def on_aggregate(self, seconds: float, now: float) -> None:
+        self._publish()
+
+    def _publish(self) -> None:
         s = self.strategy
         if s is not None and s.version != self.store.version:
             self.store.publish(s.params, s.version)
-
-    def on_dispatch(self, task: Task, client: ClientInfo, now: float) -> None:
-        self.on_update(None, None, None, 0, 0.0, now)  # after a timer-driven aggregation
 
 
 def run(grid: Any, run_config: Mapping[str, Any]) -> RunResult:
@@ -286,7 +281,7 @@ def save_model(path: Path, params: Sequence[np.ndarray], names: Sequence[str]) -
     from safetensors.numpy import save_file
 
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({n: _contiguous(p) for n, p in zip(names, params)}, str(tmp))
+    save_file({n: contiguous(p) for n, p in zip(names, params)}, str(tmp))
     os.replace(tmp, path)
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily
 
+from fedhive import exposition
 from fedhive.strategies.base import ClientInfo, Outcome, Strategy, Task, Update
 
 from .orchestrator import Observer
@@ -101,11 +102,8 @@ class ServerMetrics(Observer):
 
     def close(self) -> None:
         """Stop the HTTP endpoint started by :meth:`serve`."""
-        if self._http is not None:
-            server, _ = self._http
-            server.shutdown()
-            server.server_close()
-            self._http = None
+        exposition.stop(self._http)
+        self._http = None
 
     @classmethod
     def serve(cls, address: str, transport: Any = None, *, simulated: bool = False) -> "ServerMetrics":
@@ -116,11 +114,8 @@ class ServerMetrics(Observer):
         ValueError
             A malformed address. OSError: the port is taken.
         """
-        host, sep, port = address.rpartition(":")
-        if not sep or not port.isdigit():
-            raise ValueError(f"metrics-address must be HOST:PORT (e.g. 127.0.0.1:9400), got {address!r}")
         m = cls(transport, simulated=simulated)
-        m._http = start_http_server(int(port), addr=host or "127.0.0.1", registry=m.registry)
+        m._http = exposition.serve(address, m.registry, "metrics-address")
         log.info("Prometheus metrics on http://%s/metrics", address)
         return m
 

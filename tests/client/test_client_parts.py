@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common.config import parse_config_args
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedhive import messages as M
 from fedhive.client import app as client_app
@@ -22,7 +21,6 @@ from fedhive.client.agent import AgentOptions, node_config_string
 from fedhive.client.profile import DeviceProfile, classify, detect
 from fedhive.client.trainer import Trainer
 from fedhive.client.worker import Worker, WorkerError, call
-from fedhive.server.model_store import ModelStore
 from fedhive.server.settings import task_settings
 from fedhive.tasks import load_task
 
@@ -251,17 +249,6 @@ def test_worker_replaces_a_stale_socket_file_and_removes_it_on_close(tmp_path):
 
 
 # --------------------------------------------------------------------------- ClientApp functions
-@pytest.fixture
-def flower_identity():
-    """Instruction messages made outside Flower's runtime need the identity the runtime sets."""
-    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    try:
-        yield
-    finally:
-        TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
-
-
 def instruction(content: RecordDict, message_type: str, node_id: int = 5) -> Message:
     msg = Message(content, dst_node_id=node_id, message_type=message_type)
     msg.metadata.__dict__["_message_id"] = msg.object_id  # what the SuperLink does on push
@@ -327,15 +314,6 @@ def test_clientapp_errors_in_the_worker_reach_flower(flower_identity, worker, ta
 
 
 # --------------------------------------------------------------------------- FedASMU fetch in the trainer
-@pytest.fixture
-def store():
-    s = ModelStore("127.0.0.1:0")
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
 def fedasmu_request(store_address: str, token: str) -> dict:
     return {"op": "train", "settings": SETTINGS, "node": NODE, "seed": 2,
             "config": {"local_steps": 3, "fetch_step": 1, M.VERSION: 0, M.STORE_ADDRESS: store_address,

@@ -7,7 +7,6 @@ from typing import Callable
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedhive import messages as M
 from fedhive.server.grid_transport import GridTransport
@@ -20,14 +19,8 @@ NAMES = ["layer.weight", "layer.bias"]
 
 
 @pytest.fixture(autouse=True)
-def flower_identity():
-    """Instruction messages made outside Flower's ServerApp runtime need the identity the runtime sets."""
-    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 7, 1, 0
-    try:
-        yield
-    finally:
-        TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+def _identity(flower_identity):
+    yield
 
 
 Responder = Callable[[Message], "RecordDict | Error | None"]

@@ -13,15 +13,6 @@ from fedhive.proto.modelfile import decode, encode
 from fedhive.server.model_store import TOKEN_KEY, ModelStore
 
 
-@pytest.fixture
-def store():
-    s = ModelStore("127.0.0.1:0")
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
 def small_model() -> list[np.ndarray]:
     rng = np.random.default_rng(7)
     return [rng.standard_normal((4, 5)).astype(np.float32), rng.standard_normal(5).astype(np.float32),

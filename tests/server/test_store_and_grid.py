@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedhive import messages as M
 from fedhive.client.fetch import FetchError, fetch_model
@@ -19,15 +18,6 @@ from fedhive.strategies.base import Task
 
 
 # --------------------------------------------------------------------------- model store
-@pytest.fixture
-def store():
-    s = ModelStore("127.0.0.1:0")
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
 def test_store_serves_newer_models_only(store):
     assert fetch_model(store.address, store.token, -1) == (-1, None, 0)  # nothing published yet
     model = [np.arange(12, dtype=np.float32).reshape(3, 4), np.array([7], dtype=np.int64)]
@@ -76,12 +66,8 @@ def test_model_file_round_trip_and_garbage():
 
 # --------------------------------------------------------------------------- grid transport
 @pytest.fixture(autouse=True)
-def flower_identity():
-    # Messages made outside a ServerApp need the identity Flower's runtime would set.
-    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+def _identity(flower_identity):
     yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
 
 
 class FakeGrid:
