@@ -67,7 +67,8 @@ def test_stock_flower_clients_work_with_fedhive(tmp_path):
         cluster.start_superlink()
         for i in range(2):
             cluster.add_supernode({"partition-id": i, "num-partitions": 2})
-        for strategy, params in (("fedasync", ""), ("fedbuff", "buffer_size=2"), ("fedavg", "")):
+        # FedAvg with a round timeout, as a deployment should run it: one lost reply must not stall the round.
+        for strategy, params in (("fedasync", ""), ("fedbuff", "buffer_size=2"), ("fedavg", "round_timeout=60.0")):
             run_dir = tmp_path / strategy
             run_id = cluster.submit({"strategy": strategy, "strategy-params": params, "task": "synthetic",
                                      "min-clients": 2, "max-updates": 4, "max-time": 200.0, "eval-interval": 2.0,
