@@ -243,8 +243,10 @@ def run(grid: Any, run_config: Mapping[str, Any]) -> RunResult:
             store.stop()
         if metrics is not None:
             metrics.close()
+    wall = time.perf_counter() - t0
+    transport.settle()
     final = dict(result.final)
-    final["wall_seconds"] = time.perf_counter() - t0
+    final["wall_seconds"] = wall
     final["stop_reason"] = result.stop_reason
     out = {"strategy": settings["strategy"], "task": settings["task"], "seed": settings["seed"],
            "strategy_config": strategy.config(), "history": result.history, "final": final,

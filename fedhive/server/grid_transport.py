@@ -37,6 +37,9 @@ log = logging.getLogger("fedhive.grid")
 
 ERROR_REASONS = {2: "client_error", 3: "timeout", 5: "node_lost", 8: "client_crashed"}
 
+# Flower 1.42's SuperNode sleeps this long between pulls when it has nothing to do (hard-coded).
+SUPERNODE_IDLE_POLL = 3.0
+
 
 @dataclass
 class _Sent:
@@ -288,6 +291,35 @@ class GridTransport(Transport):
             return Result(sent.task_id, Update(src, sent.task.version, [], 0, {}), now, {"malformed": str(exc)})
         self._bytes += sum(int(p.nbytes) for p in params)
         return Result(sent.task_id, Update(src, sent.task.version, params, n, metrics), now)
+
+    # ------------------------------------------------------------------ the end of a run
+    def settle(self, grace: float = SUPERNODE_IDLE_POLL + 3.0, limit: float = 20.0) -> int:
+        """Before the ServerApp returns, give every node time to take the messages already sent to it.
+
+        Flower 1.42's SuperNode pairs each message it pulls with the next reply it finds. A message it pulls after
+        its run has finished is "ignored", yet a ClientApp still runs for it and its reply is pushed in place of the
+        reply to the node's *next* message; from then on that node's every reply waits for one more message, and a
+        synchronous round waiting for it stalls until the TTL. Waiting until every outstanding message is ``grace``
+        seconds old (more than the node's idle poll), or answered, lets the nodes pull them while the run is still
+        running; their replies are then dropped cleanly. At most ``limit`` seconds; returns the late replies seen.
+        """
+        end = self._clock() + limit
+        late = 0
+        while self._sent or self._queries:
+            before = len(self._sent) + len(self._queries)
+            self._pull()
+            late += before - len(self._sent) - len(self._queries)
+            self._pending.clear()
+            now = self.now()
+            youngest = max([s.sent_at for s in self._sent.values()] + [q.sent_at for q in self._queries.values()],
+                           default=None)
+            if youngest is None or now - youngest >= grace or self._clock() >= end:
+                break
+            self._sleep(min(self.poll_interval * 4, 0.25))
+        if self._sent:
+            log.info("run over with %d tasks still running on their nodes (their replies will be dropped)",
+                     len(self._sent))
+        return late
 
     # ------------------------------------------------------------------ restarts
     def restore(self, now: float, in_flight: Sequence[tuple[Dispatch, Sequence[np.ndarray]]]) -> list[int]:

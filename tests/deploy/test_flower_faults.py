@@ -67,8 +67,10 @@ def test_stock_flower_clients_work_with_fedhive(tmp_path):
         cluster.start_superlink()
         for i in range(2):
             cluster.add_supernode({"partition-id": i, "num-partitions": 2})
-        # FedAvg with a round timeout, as a deployment should run it: one lost reply must not stall the round.
-        for strategy, params in (("fedasync", ""), ("fedbuff", "buffer_size=2"), ("fedavg", "round_timeout=60.0")):
+        # Three runs one after another on the same SuperNodes: each async run ends with tasks in flight, and a
+        # SuperNode that pulls one after its run finished gets out of step (README, "The end of a run"); the
+        # synchronous FedAvg run after them would then stall.
+        for strategy, params in (("fedasync", ""), ("fedbuff", "buffer_size=2"), ("fedavg", "")):
             run_dir = tmp_path / strategy
             run_id = cluster.submit({"strategy": strategy, "strategy-params": params, "task": "synthetic",
                                      "min-clients": 2, "max-updates": 4, "max-time": 200.0, "eval-interval": 2.0,
@@ -80,6 +82,9 @@ def test_stock_flower_clients_work_with_fedhive(tmp_path):
             assert h["counters"].get("rejected", 0) == 0
             assert set(h["updates_by_class"]) == {"unknown"}  # stock clients do not answer the profile query
             assert all(a["outcome"] in ("applied", "buffered") for a in h["arrivals"])
+        # The server app let the nodes take every message while its run was running.
+        for log in sorted((cluster.run_dir / "logs").glob("supernode*.log")):
+            assert "Ignoring message" not in log.read_text(errors="replace"), log.name
     finally:
         cluster.close()
     assert not wait_for_none(cluster)

@@ -471,3 +471,29 @@ def test_orchestrator_rejects_a_malformed_reply_and_the_model_is_unchanged_by_it
     (first, second) = grid.of_type("train")
     assert first[1].content[M.CONFIG][M.TASK_ID] == 0 and second[1].content[M.CONFIG][M.TASK_ID] == 1
     assert second[1].content[M.CONFIG][M.VERSION] == 0
+
+
+# --------------------------------------------------------------------------- the end of a run
+def test_settle_waits_until_every_outstanding_message_is_old_enough_and_drops_late_replies():
+    grid, clock, t = make(nodes=(11, 12))
+    join(grid, t, {11: profile_reply("cpu", 10), 12: profile_reply("cpu", 10)})
+    t.dispatch(1, Task(11, 0, {}), params())
+    clock.t += 4.0
+    t.dispatch(2, Task(12, 0, {}), params())  # sent 1 s before the run ends
+    clock.t += 1.0
+    (mid1, _), = grid.to_node("train", 11)
+    grid.reply(mid1, train_reply(params(), {"num-examples": 10}))  # a reply after the run's end
+    start = clock.t
+    late = t.settle(grace=6.0, limit=20.0)
+    assert late == 1 and t.in_flight == 1  # node 12's task is still running; its reply will be dropped
+    assert 5.0 - 1e-6 <= clock.t - start <= 5.5  # until the youngest message was 6 s old, not longer
+    assert t.wait(0.0) == []  # late replies reach nobody
+
+
+def test_settle_returns_at_once_with_nothing_outstanding_and_stops_at_its_limit():
+    grid, clock, t = make(nodes=(11,))
+    join(grid, t, {11: profile_reply("cpu", 10)})
+    start = clock.t
+    assert t.settle() == 0 and clock.t == start
+    t.dispatch(1, Task(11, 0, {}), params())
+    assert t.settle(grace=60.0, limit=2.0) == 0 and 2.0 <= clock.t - start <= 2.5

@@ -203,3 +203,25 @@ def test_decoding_a_foreign_safetensors_file_raises_value_error():
         decode(save({"weight": np.zeros(2, np.float32)}))
     with pytest.raises(ValueError, match="named"):
         decode(save({"00000": np.zeros(2, np.float32), "00002": np.zeros(2, np.float32)}))
+
+
+def test_store_over_tls_with_the_superlinks_certificate(tmp_path):
+    """The store serves TLS with the certificate deploy/certs/generate.sh makes for the SuperLink."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed to make test certificates")
+    script = Path(__file__).resolve().parents[2] / "deploy" / "certs" / "generate.sh"
+    shutil.copy(script, tmp_path / "generate.sh")
+    subprocess.run(["bash", str(tmp_path / "generate.sh")], check=True, capture_output=True, timeout=120)
+    s = ModelStore("127.0.0.1:0", certificates=(tmp_path / "server.pem", tmp_path / "server.key"))
+    try:
+        s.publish([np.ones(4, np.float32)], 2)
+        version, got, _ = fetch_model(s.address, s.token, 0, root_certificates=tmp_path / "ca.crt")
+        assert version == 2 and np.array_equal(got[0], np.ones(4, np.float32))
+        with pytest.raises(FetchError):  # plain text against a TLS store fails
+            fetch_model(s.address, s.token, 0, timeout=5)
+    finally:
+        s.stop()
