@@ -63,7 +63,8 @@ def _sim(args: argparse.Namespace) -> int:
                     task_params=task_params, strategy_params=_pairs(args.param, "strategy parameter"),
                     client_config=_pairs(args.client, "client setting"), local_steps=args.local_steps,
                     target=args.target, stop_at_target=args.stop_at_target, eval_interval=args.eval_interval,
-                    executor=args.executor, workers=args.workers, ray_address=args.ray_address)
+                    max_updates=args.max_updates, executor=args.executor, workers=args.workers,
+                    ray_address=args.ray_address, ray_gpus=args.ray_gpus)
     console = Console()
     metrics = None
     if args.metrics_address:
@@ -113,7 +114,7 @@ def _bench(args: argparse.Namespace) -> int:
            budget=args.budget, long=args.long, long_budget=args.long_budget, out=args.out,
            strategies=args.strategies.split(",") if args.strategies else ORDER,
            strategy_params=params, executor=args.executor, workers=args.workers, ray_address=args.ray_address,
-           client_config=_pairs(args.client, "client setting"), progress=not args.quiet)
+           ray_gpus=args.ray_gpus, client_config=_pairs(args.client, "client setting"), progress=not args.quiet)
     return 0
 
 
@@ -162,7 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"where local training runs (default {default}); never changes the result")
         sp.add_argument("--workers", type=int, default=None,
                         help="worker processes: for --executor process; for bench with inline, runs side by side")
-        sp.add_argument("--ray-address", default=None, help="join this Ray cluster ('auto' for the local one)")
+        sp.add_argument("--ray-address", default=None,
+                        help="join this Ray cluster ('auto': the one this machine belongs to); default: start a "
+                             "local Ray on 127.0.0.1")
+        sp.add_argument("--ray-gpus", choices=("auto", "always", "never"), default="auto",
+                        help="GPU-class trainings ask Ray for a GPU share: auto (if the cluster has GPUs at the "
+                             "start), always (autoscaling clusters whose GPU workers start at zero), never")
         sp.add_argument("--client", action="append", metavar="KEY=VALUE",
                         help="training setting for every client task (lr, batch_size, optimizer, ...)")
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -181,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", type=float, default=None, help="report the virtual time to this test accuracy")
     s.add_argument("--stop-at-target", action="store_true", help="end the run when --target is reached")
     s.add_argument("--eval-interval", type=float, default=None, help="virtual seconds between evaluations")
+    s.add_argument("--max-updates", type=int, default=None, help="also end the run after this many client updates")
     s.add_argument("--out", default=None, help="write DIR/results.json")
     s.add_argument("--metrics-address", default="", help="serve Prometheus metrics (mode=simulated) on HOST:PORT")
     executor_options(s, "inline")

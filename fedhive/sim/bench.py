@@ -44,7 +44,7 @@ def hetero(*, seed: int = 0, mix: dict | None = None, alpha: float = 0.5, target
            budget: float = 3000.0, long: bool = False, long_budget: float = 2000.0, out: str | Path | None = None,
            strategies: Sequence[str] = ORDER, strategy_params: dict[str, dict] | None = None,
            executor: str = "inline", workers: int | None = None, ray_address: str | None = None,
-           jitter: float = 0.3, local_steps: int = 20, client_config: dict | None = None,
+           ray_gpus: str = "auto", jitter: float = 0.3, local_steps: int = 20, client_config: dict | None = None,
            eval_interval: float | None = None, progress: bool = True,
            console: Console | None = None) -> dict[str, Any]:
     """Run the hetero benchmark; returns what ``results.json`` holds.
@@ -63,7 +63,7 @@ def hetero(*, seed: int = 0, mix: dict | None = None, alpha: float = 0.5, target
                      task_params={"alpha": alpha, "partition": "dirichlet"}, local_steps=local_steps,
                      client_config=dict(client_config or {}), target=target, executor=executor,
                      workers=workers if workers is not None else (os.cpu_count() or 1),
-                     ray_address=ray_address, eval_interval=eval_interval)
+                     ray_address=ray_address, ray_gpus=ray_gpus, eval_interval=eval_interval)
     runs: dict[str, dict] = {}
     span = long_budget if long else budget
     if "fedavg" in names:

@@ -113,6 +113,19 @@ class ProcessExecutor(Executor):
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def ray_task_options(resources: dict[str, float], *, use_gpus: bool) -> dict[str, Any]:
+    """Ray task options for one training of a device class: ``{"CPU": 1, "GPU": 0.25}`` → ``num_cpus=1`` and, only
+    with ``use_gpus``, ``num_gpus=0.25``; other keys are Ray custom resources."""
+    opts: dict[str, Any] = {"num_cpus": float(resources.get("CPU", 1)), "max_retries": 3}
+    gpus = float(resources.get("GPU", 0))
+    if gpus and use_gpus:
+        opts["num_gpus"] = gpus
+    extra = {k: float(v) for k, v in resources.items() if k not in ("CPU", "GPU")}
+    if extra:
+        opts["resources"] = extra
+    return opts
+
+
 def _ray_train(spec: TaskSpec, jobs: list[TrainJob]) -> list[Result]:
     global _WORKER_TASK
     if _WORKER_TASK is None or getattr(_WORKER_TASK, "_fedhive_spec", None) != spec:
@@ -162,21 +175,14 @@ class RayExecutor(Executor):
             self._started = True
         self._spec_ref = ray.put(spec)
         self._remote = ray.remote(_ray_train)
-        # A simulated GPU-class device needs no real GPU: ask for GPU shares only where the cluster has GPUs.
+        # A simulated GPU-class device needs no real GPU: by default ask for GPU shares only where the cluster has
+        # GPUs now. An autoscaling cluster whose GPU workers start at zero needs ignore_gpus=False (--ray-gpus
+        # always), or GPU-class trainings never create the demand that brings GPU workers up.
         self.ignore_gpus = (ray.cluster_resources().get("GPU", 0) == 0) if ignore_gpus is None else ignore_gpus
 
-    def _options(self, resources: dict[str, float]) -> dict[str, Any]:
-        opts: dict[str, Any] = {"num_cpus": float(resources.get("CPU", 1)), "max_retries": 3}
-        gpus = float(resources.get("GPU", 0))
-        if gpus and not self.ignore_gpus:
-            opts["num_gpus"] = gpus
-        extra = {k: float(v) for k, v in resources.items() if k not in ("CPU", "GPU")}
-        if extra:
-            opts["resources"] = extra
-        return opts
-
     def submit(self, jobs: Sequence[TrainJob], resources: dict[str, float]) -> Handle:
-        ref = self._remote.options(**self._options(resources)).remote(self._spec_ref, list(jobs))
+        opts = ray_task_options(resources, use_gpus=not self.ignore_gpus)
+        ref = self._remote.options(**opts).remote(self._spec_ref, list(jobs))
         return _RayHandle(ref)
 
     def close(self) -> None:
@@ -184,13 +190,22 @@ class RayExecutor(Executor):
             self._ray.shutdown()
 
 
+RAY_GPUS = {"auto": None, "always": False, "never": True}  # --ray-gpus → RayExecutor's ignore_gpus
+
+
 def make_executor(kind: str, task: LearningTask, spec: TaskSpec, *, workers: int | None = None,
-                  ray_address: str | None = None) -> Executor:
-    """``inline`` (default), ``process`` (``workers`` processes) or ``ray``."""
+                  ray_address: str | None = None, ray_gpus: str = "auto") -> Executor:
+    """``inline`` (default), ``process`` (``workers`` processes) or ``ray``.
+
+    ``ray_gpus``: ``auto`` asks for the GPU class's GPU share only if the Ray cluster has GPUs at the start,
+    ``always`` asks for it anyway (autoscaling clusters whose GPU workers start at zero), ``never`` does not.
+    """
+    if ray_gpus not in RAY_GPUS:
+        raise ValueError(f"ray_gpus must be one of {', '.join(RAY_GPUS)}, got {ray_gpus!r}")
     if kind == "inline":
         return InlineExecutor(task)
     if kind == "process":
         return ProcessExecutor(spec, workers)
     if kind == "ray":
-        return RayExecutor(spec, ray_address)
+        return RayExecutor(spec, ray_address, ignore_gpus=RAY_GPUS[ray_gpus])
     raise ValueError(f"unknown executor {kind!r}; accepted: inline, process, ray")

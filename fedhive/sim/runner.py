@@ -45,18 +45,20 @@ class SimConfig:
     local_steps: int = 20
     target: float | None = None
     stop_at_target: bool = False
+    max_updates: int | None = None
     eval_interval: float | None = None
     cost_factor: float = 1.0
     chunk_size: int = 8
     executor: str = "inline"
     workers: int | None = None
     ray_address: str | None = None
+    ray_gpus: str = "auto"
 
     def describe(self) -> dict[str, Any]:
         d = asdict(self)
         d["fleet"] = {"mix": self.fleet.mix, "jitter": self.fleet.jitter, "dropout": self.fleet.dropout,
                       "rejoin": self.fleet.rejoin, "client_jitter": self.fleet.client_jitter}
-        for k in ("executor", "workers", "ray_address"):
+        for k in ("executor", "workers", "ray_address", "ray_gpus"):
             d.pop(k)
         return d
 
@@ -117,11 +119,13 @@ def run_sim(cfg: SimConfig, *, progress: bool = False, observer: Observer | None
         raise ValueError(f"budget must be a number of virtual seconds > 0, got {cfg.budget!r}")
     task, spec = make_task(cfg)
     strategy = make_strategy(cfg, task)
-    executor = make_executor(cfg.executor, task, spec, workers=cfg.workers, ray_address=cfg.ray_address)
+    executor = make_executor(cfg.executor, task, spec, workers=cfg.workers, ray_address=cfg.ray_address,
+                             ray_gpus=cfg.ray_gpus)
     transport = SimTransport(task, cfg.fleet, seed=cfg.seed, executor=executor, cost_factor=cfg.cost_factor,
                              chunk_size=cfg.chunk_size, client_config=cfg.client_config,
                              global_model=lambda: (strategy.params, strategy.version))
-    stop = StopCondition(max_time=cfg.budget, target_accuracy=cfg.target if cfg.stop_at_target else None)
+    stop = StopCondition(max_time=cfg.budget, target_accuracy=cfg.target if cfg.stop_at_target else None,
+                         max_updates=cfg.max_updates)
     interval = cfg.eval_interval or max(cfg.budget / 200.0, 1e-3)
     observers: list[Observer] = [o for o in (observer,) if o is not None]
     bar = Progress(f"{cfg.strategy}", cfg.budget) if progress else None

@@ -41,3 +41,16 @@ def test_toml_fleet_with_a_custom_class(tmp_path):
     f.write_text("[mix]\ncpu = 3\n[speeds]\nx = 1\n")
     with pytest.raises(ValueError, match="unknown fleet setting"):
         load_fleet(f)
+
+
+def test_ray_task_options_ask_for_a_gpu_share_only_when_told_to():
+    from fedhive.sim.executor import RAY_GPUS, make_executor, ray_task_options
+
+    gpu = DEVICE_CLASSES["gpu"].resources
+    assert ray_task_options(gpu, use_gpus=True) == {"num_cpus": 1.0, "num_gpus": 0.25, "max_retries": 3}
+    assert ray_task_options(gpu, use_gpus=False) == {"num_cpus": 1.0, "max_retries": 3}
+    assert ray_task_options({"CPU": 2, "pi": 1}, use_gpus=True) == {"num_cpus": 2.0, "max_retries": 3,
+                                                                     "resources": {"pi": 1.0}}
+    assert set(RAY_GPUS) == {"auto", "always", "never"}
+    with pytest.raises(ValueError, match="ray_gpus must be one of auto, always, never"):
+        make_executor("inline", None, None, ray_gpus="sometimes")

@@ -1,31 +1,75 @@
-"""In-process and Ray executors give the same final model (a local Ray on 127.0.0.1, shut down afterwards)."""
+"""The Ray executor, for real: a local Ray started by the executor, and Ray's fake multi-node autoscaling cluster.
 
+Ray 2.55's servers listen on every interface even when told 127.0.0.1, so each run happens in
+``tests/sim/ray_probe.py`` inside fresh network and PID namespaces (``unshare``, root): the only interface there is
+loopback, and every Ray process (head, fake worker nodes, workers) dies with the namespace's first process, which the
+test kills by PID if anything goes wrong.
+"""
+
+from __future__ import annotations
+
+import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
+pytestmark = pytest.mark.timeout(420)
 
-from fedhive.sim.profiles import DeviceProfile, FleetSpec  # noqa: E402
-from fedhive.sim.runner import SimConfig, run_sim  # noqa: E402
-
-
-@pytest.fixture
-def no_ray_leftovers():
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    yield
-    if ray.is_initialized():
-        ray.shutdown()
+PROBE = Path(__file__).with_name("ray_probe.py")
 
 
-def test_ray_and_inline_give_the_same_model(no_ray_leftovers):
-    fleet = FleetSpec({"slow": 2, "fast": 4}, profiles={"slow": DeviceProfile("slow", 0.5, 1e6, 0.1),
-                                                        "fast": DeviceProfile("fast", 0.01, 1e7, 0.0)})
-    base = dict(strategy="fedbuff", strategy_params={"buffer_size": 3}, fleet=fleet, budget=15.0, seed=5,
-                task="synthetic", local_steps=5)
-    inline = run_sim(SimConfig(**base))
-    on_ray = run_sim(SimConfig(**base, executor="ray"))
-    assert not ray.is_initialized()  # the executor shut down the Ray it started
-    assert on_ray["final"]["version"] == inline["final"]["version"] > 5
-    assert on_ray["history"] == inline["history"]
-    assert all(a.tobytes() == b.tobytes() for a, b in zip(on_ray["_params"], inline["_params"]))
+def _can_isolate() -> bool:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return False
+    return subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc", "true"],
+                          capture_output=True).returncode == 0
+
+
+needs_namespaces = pytest.mark.skipif(not _can_isolate(), reason="needs unshare with network/PID namespaces (root)")
+
+
+def run_isolated(mode: str, timeout: float) -> dict:
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    cmd = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c",
+           'ip link set lo up && exec "$0" "$@"', sys.executable, str(PROBE), mode]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:  # the namespace's processes all die with its first one
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    lines = [line for line in out.splitlines() if line.startswith("PROBE ")]
+    assert proc.returncode == 0 and lines, out[-6000:]
+    return json.loads(lines[-1][len("PROBE "):])
+
+
+@needs_namespaces
+def test_ray_and_inline_give_the_same_model():
+    r = run_isolated("local", 300)
+    assert not r["ray_left_running"]  # the executor shut down the Ray it started
+    assert r["ray"]["version"] == r["inline"]["version"] > 5
+    assert r["ray"]["history"] == r["inline"]["history"]
+    assert r["ray"]["digest"] == r["inline"]["digest"]
+
+
+@needs_namespaces
+def test_autoscaler_adds_workers_for_waiting_trainings_and_removes_them_after():
+    r = run_isolated("autoscale", 400)
+    # The head holds no trainings: six clients' trainings waiting for CPUs made the autoscaler add worker nodes
+    # (2 CPUs each, at most 3), and after the run they went away (idle timeout 6 s).
+    assert r["workers_before"] == 0
+    assert r["workers_max"] >= 2, r
+    assert r["workers_after"] == 0, r
+    # Where the training ran does not change the run.
+    assert r["ray"]["updates"] == r["inline"]["updates"] > 50
+    assert r["ray"]["history"] == r["inline"]["history"]
+    assert r["ray"]["digest"] == r["inline"]["digest"]
