@@ -32,6 +32,11 @@ CANDIDATES = [
     ("fedasmu", {"mu_alpha": 30.0}),
     ("fedasmu", {"iota": 0.1}),
     ("fedasmu", {"iota": 0.3}),
+    # round 3 (session of 2026-11-26): is it the device-side mixing, a fixed weight, or the fetch moment?
+    ("fedasmu", {"mu_alpha": 10.0, "mu_beta": 0.0}),
+    ("fedasmu", {"iota": 0.5, "server_meta_lr": 0.0}),
+    ("fedasmu", {"mu_alpha": 10.0, "fetch_fraction": 0.75}),
+    ("fedasmu", {"mu_alpha": 10.0, "iota": 0.3}),
 ]
 
 
