@@ -122,13 +122,14 @@ def up(*, strategy: str = "fedcompass", agents: int | None = None, mix: str | No
 
 
 def _prewarm(task: str, n: int, config: Mapping[str, Any], data_dir: Path) -> None:
+    from fedhive.server.settings import task_settings
     from fedhive.tasks import load_task
 
+    s = task_settings({**config, "task": task})  # what each agent's trainer builds its task from
     old = os.environ.get("FEDHIVE_CACHE")
     os.environ["FEDHIVE_CACHE"] = str(data_dir)
     try:
-        t = load_task(task, num_clients=n, partition=config.get("partition", DEFAULTS["partition"]),
-                      alpha=config.get("alpha", DEFAULTS["alpha"]), seed=config.get("seed", DEFAULTS["seed"]))
+        t = load_task(s["task"], num_clients=n, partition=s["partition"], alpha=s["alpha"], seed=s["seed"])
         t.num_examples(0)
     finally:
         if old is None:

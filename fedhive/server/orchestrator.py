@@ -227,10 +227,7 @@ class Orchestrator:
             timer = self.strategy.next_timer()
             fired = timer is not None and timer <= now
             if fired:
-                v, t = self.strategy.version, time.perf_counter()
-                self.strategy.on_timer(now)
-                if self.strategy.version != v:
-                    self.observer.on_aggregate(time.perf_counter() - t, now)
+                self._timed(self.strategy.on_timer, now)
                 self._after_change(now)
             if self._next_eval_time is not None and now >= self._next_eval_time:
                 while self._next_eval_time <= now:
@@ -244,6 +241,14 @@ class Orchestrator:
                 if mv == -1 or mv == self._membership_seen:
                     # Nothing in flight, no timer, no deadline, nobody joined: nothing can happen any more.
                     return "stalled"
+
+    def _timed(self, handler: Any, *args: Any) -> Any:
+        """Call a strategy handler whose last argument is ``now``; report its time if it changed the model."""
+        v, t = self.strategy.version, time.perf_counter()
+        out = handler(*args)
+        if self.strategy.version != v:
+            self.observer.on_aggregate(time.perf_counter() - t, args[-1])
+        return out
 
     def _deadline(self) -> float | None:
         deadline = self.strategy.next_timer()
@@ -363,10 +368,7 @@ class Orchestrator:
         d = self._end_task(ev.task_id)
         client = self._clients.get(u.node_id) or ClientInfo(u.node_id, u.num_examples, "unknown")
         staleness = self.strategy.version - u.base_version
-        v, t = self.strategy.version, time.perf_counter()
-        outcome = self.strategy.on_update(u, now)
-        if self.strategy.version != v:
-            self.observer.on_aggregate(time.perf_counter() - t, now)
+        outcome = self._timed(self.strategy.on_update, u, now)
         self.client_updates += 1
         counters[_OUTCOME_KEYS.get(outcome.status) or f"update_{outcome.status}"] += 1
         if outcome.reason:

@@ -1,6 +1,5 @@
 """The agent's SuperNode command line: profile in the node config, TLS and node authentication passed through."""
 
-import pytest
 from flwr.common.config import parse_config_args
 
 from fedhive.client.agent import Agent, AgentOptions
@@ -35,15 +34,3 @@ def test_tls_and_node_auth_are_passed_to_the_supernode(tmp_path):
     assert cmd[cmd.index("--auth-supernode-public-key") + 1] == "/k/node.pub"
     cfg = parse_config_args([cmd[cmd.index("--node-config") + 1]])
     assert cfg["device-class"] == "cpu"  # the override wins over the detected rpi4
-
-
-@pytest.mark.parametrize("kwargs, words", [
-    ({"insecure": False}, "root-certificates"),
-    ({"auth_private_key": "/k"}, "public-key"),
-    ({"device_class": "tpu"}, "rpi4"),
-    ({"partition_id": 4, "num_partitions": 4}, "partition-id"),
-    ({"slowdown": 0.5}, "slowdown"),
-])
-def test_bad_agent_options_say_what_is_accepted(kwargs, words):
-    with pytest.raises(ValueError, match=words):
-        AgentOptions(superlink="x:1", **kwargs)
