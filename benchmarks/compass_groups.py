@@ -22,7 +22,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import save  # noqa: E402
 
-from fedhive.localcluster import LocalCluster  # noqa: E402
+from fedhive.localcluster import LocalCluster, exit_on_sigterm  # noqa: E402
 
 MIX = ("gpu", "cpu", "cpu", "rpi4", "rpi4", "rpi4")
 
@@ -58,6 +58,7 @@ def one(model: str, seconds: float, root: Path, console: Console) -> dict:
 
 
 def main() -> None:
+    exit_on_sigterm()  # a stopped benchmark still stops its cluster
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=150.0)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "compass_groups.json"))

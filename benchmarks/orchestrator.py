@@ -30,7 +30,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import save  # noqa: E402
 
-from fedhive.localcluster import LocalCluster  # noqa: E402
+from fedhive.localcluster import LocalCluster, exit_on_sigterm  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -113,6 +113,7 @@ def part2(args, console: Console, root: Path) -> list[dict]:
 
 
 def main() -> None:
+    exit_on_sigterm()  # a stopped benchmark still stops its cluster
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=("1", "2", "all"), default="all")
     p.add_argument("--nodes", type=int, default=20)

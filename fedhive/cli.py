@@ -119,8 +119,10 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
+    from fedhive.localcluster import exit_on_sigterm
     from fedhive.up import up
 
+    exit_on_sigterm()  # `kill`, `timeout` or systemd stop the cluster as Ctrl-C does
     up(strategy=args.strategy, agents=args.agents, mix=args.mix, duration=args.duration, task=args.task, out=args.out,
        metrics_address=args.metrics_address, settings=_pairs(args.set, "run-config setting"), emulate=args.emulate)
     return 0

@@ -37,6 +37,16 @@ APP_DIR = Path(__file__).resolve().parent / "flower_app"
 CPU_QUOTAS: dict[str, float | None] = {"gpu": None, "cpu": 0.5, "rpi5": 0.35, "rpi4": 0.2, "rpi-zero2": 0.08}
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into ``SystemExit(143)`` in this (main) thread, so a ``LocalCluster``'s ``close`` still runs when
+    a program using it is stopped by ``kill``, ``timeout`` or systemd, not only by Ctrl-C."""
+
+    def _exit(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

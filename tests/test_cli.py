@@ -41,3 +41,18 @@ def test_bad_input_names_what_is_accepted():
     assert out.returncode != 0 and "valid: fedavg, fedasync" in out.stderr
     with pytest.raises(SystemExit, match="write KEY=VALUE"):
         main(["sim", "--strategy", "fedbuff", "--budget", "5", "--param", "buffer_size"])
+
+
+def test_sigterm_runs_the_cleanup_of_fedhive_up_and_the_benchmarks(tmp_path):
+    """exit_on_sigterm: SIGTERM becomes SystemExit, so `finally` blocks (LocalCluster.close) run."""
+    marker = tmp_path / "closed"
+    code = ("import os, signal, time\n"
+            "from fedhive.localcluster import exit_on_sigterm\n"
+            "exit_on_sigterm()\n"
+            "try:\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(30)\n"
+            "finally:\n"
+            f"    open({str(marker)!r}, 'w').write('yes')\n")
+    proc = subprocess.run([sys.executable, "-c", code], timeout=60)
+    assert proc.returncode == 143 and marker.read_text() == "yes"
