@@ -37,6 +37,17 @@ CANDIDATES = [
     ("fedasmu", {"iota": 0.5, "server_meta_lr": 0.0}),
     ("fedasmu", {"mu_alpha": 10.0, "fetch_fraction": 0.75}),
     ("fedasmu", {"mu_alpha": 10.0, "iota": 0.3}),
+    # round 4 (third session of 2026-11-26): with t the server version, beta = mu_beta*phi/(1+mu_beta*phi) and
+    # phi ~ gamma/sqrt(t) is ~0.01 after a few thousand versions, so the device-side fusion is almost a no-op (round 3:
+    # mu_beta=0 changed nothing). Make it act (mu_beta 30/100), and try shorter tasks and a milder mu_alpha.
+    ("fedasmu", {"mu_alpha": 10.0, "mu_beta": 100.0}),
+    ("fedasmu", {"mu_alpha": 10.0, "mu_beta": 30.0}),
+    ("fedasmu", {"mu_alpha": 10.0, "local_steps": 10}),
+    ("fedasmu", {"mu_alpha": 5.0}),
+    # round 5: round 4 reached the target for the first time with mu_beta=100 (282 s) and local_steps=10 (246 s)
+    ("fedasmu", {"mu_alpha": 10.0, "mu_beta": 100.0, "local_steps": 10}),
+    ("fedasmu", {"mu_alpha": 10.0, "mu_beta": 300.0}),
+    ("fedasmu", {"mu_alpha": 10.0, "mu_beta": 1000.0}),
 ]
 
 

@@ -25,6 +25,11 @@ model ``(w_g, v')`` from the model store and, unless ``v' == o``::
 then finishes the ``T`` steps and uploads ``w_local``. The device side is the numpy-only :func:`fetch_step`,
 :func:`mixing_beta` and :class:`DeviceAdjuster`, which the trainer calls (this module never imports torch).
 
+Scale: ``t`` and ``tg`` count server versions, which an asynchronous fleet pushes to tens of thousands, so with the
+paper's ``μ_α = μ_β = 1`` both weights shrink as ``1/√t`` (``β`` ~ 0.01: the fusion does almost nothing). The
+defaults stay the paper's; on the hetero benchmark ``mu_alpha=10, mu_beta=1000`` (tuned on another seed) makes the
+fusion act and is 5.3× faster than FedAvg, against 1.6× with the defaults (README, "Results").
+
 [OURS] choices
 --------------
 - ``max_staleness`` counts ``τ = v − o`` as FedBuff does: an update with ``τ > max_staleness`` is rejected
