@@ -203,6 +203,7 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ the loop
     def _loop(self) -> str:
+        watch_versions = self.eval_every_versions is not None or self.checkpoint_every is not None
         now = self.transport.now()
         self._refresh_membership(now)
         self._dispatch_idle(now)
@@ -217,7 +218,8 @@ class Orchestrator:
                     self._on_result(ev)
                 else:
                     self._on_failure(ev)
-                self._after_change(ev.time)
+                if watch_versions:
+                    self._after_change(ev.time)
                 reason = self._should_stop(ev.time)
                 if reason:
                     return reason
@@ -303,25 +305,30 @@ class Orchestrator:
 
     def _dispatch_idle(self, now: float) -> None:
         # A dispatch can change what parked clients may get (a round that just opened): settle it, a few passes at most.
+        strategy, clients, busy = self.strategy, self._clients, self._node_task
         for _ in range(8):
-            epoch = self.strategy.wake_epoch
+            epoch = strategy.wake_epoch
             if epoch != self._parked_epoch:
-                candidates = self._parked | self._idle_new
-                self._parked = set()
+                candidates = self._idle_new
+                if self._parked:
+                    candidates |= self._parked
+                    self._parked = set()
                 self._parked_epoch = epoch
             else:
                 candidates = self._idle_new
+            if not candidates:
+                return
             self._idle_new = set()
-            for node in sorted(candidates):
-                client = self._clients.get(node)
-                if client is None or node in self._node_task:
+            for node in sorted(candidates) if len(candidates) > 1 else candidates:
+                client = clients.get(node)
+                if client is None or node in busy:
                     continue
-                task = self.strategy.on_idle(client, now)
+                task = strategy.on_idle(client, now)
                 if task is None:
                     self._parked.add(node)
                     continue
                 self._send(task, client, now)
-            if self.strategy.wake_epoch == self._parked_epoch or not self._parked:
+            if strategy.wake_epoch == self._parked_epoch or not self._parked:
                 return
 
     def _send(self, task: Task, client: ClientInfo, now: float) -> None:
@@ -331,12 +338,17 @@ class Orchestrator:
             raise RuntimeError(f"{self.strategy.name} returned a task at version {task.version}, but the global "
                                f"model is at version {self.strategy.version}")
         task_id = self._next_task_id
-        self._next_task_id += 1
-        params = self.strategy.params
+        self._next_task_id = task_id + 1
+        v = task.version
+        refs = self._dispatched_refs
+        if v in refs:
+            refs[v] += 1
+            params = self._dispatched_params[v]
+        else:
+            refs[v] = 1
+            params = self._dispatched_params[v] = self.strategy.params
         self._in_flight[task_id] = Dispatch(task_id, task, now)
         self._node_task[client.node_id] = task_id
-        self._dispatched_params.setdefault(task.version, params)
-        self._dispatched_refs[task.version] = self._dispatched_refs.get(task.version, 0) + 1
         self.observer.on_dispatch(task, client, now)
         self.transport.dispatch(task_id, task, params)
 

@@ -50,6 +50,9 @@ class FedAsync(Strategy):
         self._s = make_staleness(staleness, staleness_a, staleness_b)
         self.proximal_mu = P.number("proximal_mu", proximal_mu, low=0.0)
         self._busy: dict[int, int] = {}
+        self._task_config: dict[str, Any] = {"local_steps": self.local_steps}  # shared by every task: read-only
+        if self.proximal_mu:
+            self._task_config["proximal_mu"] = self.proximal_mu
 
     def config(self) -> dict[str, Any]:
         return {"local_steps": self.local_steps, "alpha": self.alpha, "staleness": self.staleness,
@@ -61,10 +64,7 @@ class FedAsync(Strategy):
     def on_idle(self, client: ClientInfo, now: float) -> Task | None:
         self._adopt(client)
         self._busy[client.node_id] = self._version
-        cfg: dict[str, Any] = {"local_steps": self.local_steps}
-        if self.proximal_mu:
-            cfg["proximal_mu"] = self.proximal_mu
-        return Task(client.node_id, self._version, cfg)
+        return Task(client.node_id, self._version, self._task_config)
 
     def on_update(self, update: Update, now: float) -> Outcome:
         self._busy.pop(update.node_id, None)

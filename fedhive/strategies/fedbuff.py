@@ -52,6 +52,7 @@ class FedBuff(Strategy):
                  max_concurrency: int | None = None, non_trainable: Sequence[int] = ()) -> None:
         super().__init__(non_trainable=non_trainable)
         self.local_steps = P.positive_int("local_steps", local_steps)
+        self._task_config = {"local_steps": self.local_steps}  # shared by every task: read-only
         self.buffer_size = P.positive_int("buffer_size", buffer_size)
         self.server_lr = P.number("server_lr", server_lr, low=0.0, low_open=True)
         self.server_momentum = P.number("server_momentum", server_momentum, low=0.0)
@@ -89,7 +90,7 @@ class FedBuff(Strategy):
             return None
         self._busy[client.node_id] = self._version
         self._history.hold(self._version, self._params)
-        return Task(client.node_id, self._version, {"local_steps": self.local_steps})
+        return Task(client.node_id, self._version, self._task_config)
 
     def _end_task(self, node_id: int) -> int | None:
         base = self._busy.pop(node_id, None)

@@ -60,6 +60,7 @@ class FedFix(Strategy):
                  duration_momentum: float = 0.9, non_trainable: Sequence[int] = ()) -> None:
         super().__init__(non_trainable=non_trainable)
         self.local_steps = P.positive_int("local_steps", local_steps)
+        self._task_config = {"local_steps": self.local_steps}  # shared by every task: read-only
         self.interval = P.optional(P.number, "interval", interval, low=0.0, low_open=True)
         self.server_lr = P.number("server_lr", server_lr, low=0.0, low_open=True)
         self.duration_momentum = P.number("duration_momentum", duration_momentum, low=0.0, high=1.0, low_open=True)
@@ -95,7 +96,7 @@ class FedFix(Strategy):
             return None
         self._busy[node] = (self._version, now)
         self._history.hold(self._version, self._params)
-        return Task(node, self._version, {"local_steps": self.local_steps})
+        return Task(node, self._version, self._task_config)
 
     def on_update(self, update: Update, now: float) -> Outcome:
         node = update.node_id

@@ -8,7 +8,9 @@ through memory.
   numpy arrays: one read of each client tensor, no scratch at all. torch is already a dependency of fedhive (the
   trainer); it is imported lazily, so the strategies stay importable and fast to test without it.
 - Small tensors use numpy: ``multiply`` into one scratch block, then ``add``, per client; the blocks stay in cache
-  and numpy's per-call overhead is lower than torch's at these sizes.
+  and numpy's per-call overhead is lower than torch's at these sizes. Tiny ones (``<= SMALL`` elements: biases,
+  norms) use numpy's own temporary, which costs fewer calls than the scratch block; per-call overhead is all there
+  is at that size, and it is what the engine pays per event for the simulator's small models.
 
 ``benchmarks/aggregate.py`` measures it against ``numpy.copyto`` of the same bytes and against Flower.
 """
@@ -23,6 +25,8 @@ import numpy as np
 # numpy block: 64 Ki elements. Tensors up to one block are summed whole in numpy; larger ones take the fused path.
 BLOCK = 65536
 FUSED_MIN = BLOCK + 1
+# Tensors up to this many elements (16 KiB of float32) skip the scratch block: numpy's own temporary is cheaper.
+SMALL = 4096
 
 Term = tuple[float, Sequence[np.ndarray]]
 
@@ -87,6 +91,15 @@ def weighted_sum(
         o = out[t]
         n = o.size
         if n == 0:
+            continue
+        if n <= SMALL:  # biases, norms, tiny models: a temporary this size costs less than setting up scratch
+            if accumulate:
+                for c, (_, x) in zip(coefs, terms):
+                    o += x[t] * c
+            else:
+                np.multiply(first[t], coefs[0], out=o)
+                for j in range(1, len(terms)):
+                    o += terms[j][1][t] * coefs[j]
             continue
         if n <= BLOCK:  # the common case for small models: whole tensors, no blocking
             if scratch is None or scratch.dtype != o.dtype or scratch.size < n:

@@ -1,5 +1,7 @@
 """Shared pieces: staleness functions, the weighted-sum kernel, build()."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -28,7 +30,7 @@ def test_staleness_hand_values():
         make_staleness("exp")
 
 
-@pytest.mark.parametrize("size", [1, 7, ws.BLOCK - 1, ws.BLOCK, 3 * ws.BLOCK + 5])
+@pytest.mark.parametrize("size", [1, 7, ws.SMALL, ws.SMALL + 1, ws.BLOCK - 1, ws.BLOCK, 3 * ws.BLOCK + 5])
 def test_weighted_sum_matches_naive(size):
     rng = np.random.default_rng(size)
     xs = [[rng.normal(size=size).astype(np.float32), rng.normal(size=(2, 3)).astype(np.float32)] for _ in range(4)]
@@ -82,3 +84,44 @@ def test_build_accepts_snake_case_parameters_from_the_spec():
     build("fedbuff", {"buffer_size": 5, "server_lr": 0.5, "max_staleness": 10, "max_concurrency": 4})
     build("fedfix", {"interval": 2.0, "duration_momentum": 0.5})
     build("fedcompass", {"q_min": 10, "q_max": 50, "lam": 1.2, "speed_model": "per_step"})
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("size", [15, 70_000])  # the isfinite path and the sum path
+def test_all_finite_sees_every_bad_value_and_no_false_alarm(dtype, size):
+    from fedhive.strategies.validation import all_finite
+
+    big = np.finfo(dtype).max
+    ok = np.full((size // 5, 5), big, dtype)  # finite values whose sum overflows: the exact check must clear them
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no floating-point warning escapes
+        assert all_finite(ok) and all_finite(-ok) and all_finite(np.zeros(0, dtype))
+        for bad in (np.nan, np.inf, -np.inf):
+            a = np.ones(size, dtype)
+            a[size // 3] = bad
+            assert not all_finite(a)
+        mixed = np.ones(size, dtype)
+        mixed[:2] = [np.inf, -np.inf]  # sums to NaN
+        assert not all_finite(mixed)
+    assert all_finite(np.array([2**62, 2**62], np.int64))  # integer tensors hold no NaN
+
+
+@pytest.mark.parametrize("strategy", ["fedasync", "fedbuff", "fedfix"])
+def test_a_shared_task_config_is_never_changed_by_the_engine(strategy):
+    """FedAsync, FedBuff and FedFix hand one read-only config dict to every task; nothing along the way edits it."""
+    from fedhive.server.orchestrator import Orchestrator, StopCondition
+    from fedhive.sim.virtual import VirtualTransport
+    from scripted import durations, pull_toward, scenario
+
+    cls, targets, speeds, init = scenario(4)
+    configs = []
+    inner = pull_toward(targets)
+
+    def train(node, task_id, task, params):
+        configs.append(task.config)
+        return inner(node, task_id, task, params)
+
+    orch = Orchestrator(build(strategy, {"local_steps": 7}), VirtualTransport(cls, durations(speeds, 0.3), train),
+                        stop=StopCondition(max_time=30.0))
+    assert orch.run(init).final["client_updates"] > 10
+    assert len({id(c) for c in configs}) == 1 and configs[0] == {"local_steps": 7}
