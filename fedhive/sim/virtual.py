@@ -27,7 +27,10 @@ _DONE, _FAIL, _JOIN, _LEAVE, _INJECT = range(5)  # subclasses add kinds from 16 
 
 
 def _nbytes(params: Sequence[np.ndarray]) -> int:
-    return int(sum(p.nbytes for p in params))
+    n = 0
+    for p in params:  # a loop, not sum() of a generator: this runs for every task, and per-call overhead is all it costs
+        n += p.nbytes
+    return int(n)
 
 
 class VirtualTransport(Transport):
@@ -178,6 +181,8 @@ class VirtualTransport(Transport):
         updates = out if isinstance(out, list) else [out]
         events: list[Event] = []
         for u in updates:
-            self._bytes += sum(int(getattr(p, "nbytes", 0)) for p in u.params) if isinstance(u.params, list) else 0
+            if isinstance(u.params, list):
+                for p in u.params:  # (malformed replies may hold anything: they are counted, then rejected)
+                    self._bytes += int(getattr(p, "nbytes", 0))
             events.append(Result(task_id, u, t))
         return events
