@@ -49,7 +49,6 @@ class FedAsync(Strategy):
         self.staleness_a, self.staleness_b = staleness_a, staleness_b
         self._s = make_staleness(staleness, staleness_a, staleness_b)
         self.proximal_mu = P.number("proximal_mu", proximal_mu, low=0.0)
-        self._busy: dict[int, int] = {}
         self._task_config: dict[str, Any] = {"local_steps": self.local_steps}  # shared by every task: read-only
         if self.proximal_mu:
             self._task_config["proximal_mu"] = self.proximal_mu
@@ -59,15 +58,13 @@ class FedAsync(Strategy):
                 "staleness_a": self.staleness_a, "staleness_b": self.staleness_b, "proximal_mu": self.proximal_mu}
 
     def _on_start(self, now: float) -> None:
-        self._busy = {}
+        pass
 
     def on_idle(self, client: ClientInfo, now: float) -> Task | None:
         self._adopt(client)
-        self._busy[client.node_id] = self._version
         return Task(client.node_id, self._version, self._task_config)
 
     def on_update(self, update: Update, now: float) -> Outcome:
-        self._busy.pop(update.node_id, None)
         tau = self._version - update.base_version
         a = self.alpha * self._s(tau)
         new = weighted_sum([(1.0 - a, self._params), (a, update.params)], indices=self._trainable)
@@ -76,10 +73,12 @@ class FedAsync(Strategy):
         return APPLIED if self._commit(new) else Outcome("rejected", "diverged")
 
     def on_failure(self, node_id: int, now: float) -> None:
-        self._busy.pop(node_id, None)
+        pass  # every client may have a task at any time: nothing to release
 
+    # FedAsync's rule needs no state beyond the model and its version (the engine knows which tasks are in flight).
+    # Checkpoints written before 2026-11-27 also hold a "busy" map; it is ignored.
     def _state(self) -> dict[str, Any]:
-        return {"busy": dict(self._busy)}
+        return {}
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        self._busy = {int(k): int(v) for k, v in state["busy"].items()}
+        pass
