@@ -140,14 +140,16 @@ class Orchestrator:
         self.checkpoint_every = checkpoint_every
         self.keep_checkpoints = keep_checkpoints
         self.observer = observer or Observer()
+        # Time the strategy's handlers only for an observer that records it (two clock reads and a call per event).
+        self._time_aggregation = type(self.observer).on_aggregate is not Observer.on_aggregate
 
         self._clients: dict[int, ClientInfo] = {}  # connected now
         self._known: set[int] = set()  # ever seen
         self._membership_seen: int | None = None
         self._in_flight: dict[int, Dispatch] = {}
         self._node_task: dict[int, int] = {}
-        self._dispatched_params: dict[int, list[np.ndarray]] = {}  # version -> model, while a task refers to it
-        self._dispatched_refs: dict[int, int] = {}
+        self._sent_version = -1  # the last model sent, shared by every task sent at that version
+        self._sent_params: list[np.ndarray] = []
         self._next_task_id = 0
         self._idle_new: set[int] = set()  # idle, not asked since they became idle
         self._parked: set[int] = set()  # idle, told "nothing yet" at wake epoch _parked_epoch
@@ -163,6 +165,11 @@ class Orchestrator:
         self._max_time_at: float | None = None
 
     # ------------------------------------------------------------------ public
+    @property
+    def models_held(self) -> int:
+        """Global-model versions kept for the tasks in flight (each task holds the model it was sent)."""
+        return len({d.task.version for d in self._in_flight.values()})
+
     @property
     def start_time(self) -> float:
         """The transport time at which the run started (kept across a resume)."""
@@ -339,15 +346,12 @@ class Orchestrator:
                                f"model is at version {self.strategy.version}")
         task_id = self._next_task_id
         self._next_task_id = task_id + 1
-        v = task.version
-        refs = self._dispatched_refs
-        if v in refs:
-            refs[v] += 1
-            params = self._dispatched_params[v]
+        if task.version == self._sent_version:
+            params = self._sent_params
         else:
-            refs[v] = 1
-            params = self._dispatched_params[v] = self.strategy.params
-        self._in_flight[task_id] = Dispatch(task_id, task, now)
+            params = self._sent_params = self.strategy.params
+            self._sent_version = task.version
+        self._in_flight[task_id] = Dispatch(task_id, task, now, params)
         self._node_task[client.node_id] = task_id
         self.observer.on_dispatch(task, client, now)
         self.transport.dispatch(task_id, task, params)
@@ -356,13 +360,6 @@ class Orchestrator:
         d = self._in_flight.pop(task_id)
         node = d.task.node_id
         del self._node_task[node]
-        v = d.task.version
-        left = self._dispatched_refs[v] - 1
-        if left:
-            self._dispatched_refs[v] = left
-        else:
-            del self._dispatched_refs[v]
-            del self._dispatched_params[v]
         if node in self._clients:
             self._idle_new.add(node)
         return d
@@ -380,7 +377,10 @@ class Orchestrator:
         d = self._end_task(ev.task_id)
         client = self._clients.get(u.node_id) or ClientInfo(u.node_id, u.num_examples, "unknown")
         staleness = self.strategy.version - u.base_version
-        outcome = self._timed(self.strategy.on_update, u, now)
+        if self._time_aggregation:
+            outcome = self._timed(self.strategy.on_update, u, now)
+        else:
+            outcome = self.strategy.on_update(u, now)
         self.client_updates += 1
         counters[_OUTCOME_KEYS.get(outcome.status) or f"update_{outcome.status}"] += 1
         if outcome.reason:
@@ -465,7 +465,7 @@ class Orchestrator:
             "next_task_id": self._next_task_id,
             "in_flight": [[d.task_id, d.task.node_id, d.task.version, d.task.config, d.sent_at]
                           for d in self._in_flight.values()],
-            "dispatched_params": self._dispatched_params,
+            "dispatched_params": {d.task.version: d.params for d in self._in_flight.values()},
             "known": sorted(self._known),
             "history": self.history,
             "client_updates": self.client_updates,
@@ -505,15 +505,14 @@ class Orchestrator:
         dispatched = {int(v): [np.asarray(a) for a in p] for v, p in state["dispatched_params"].items()}
         in_flight = []
         for task_id, node, version, config, sent_at in state["in_flight"]:
-            d = Dispatch(int(task_id), Task(int(node), int(version), dict(config)), float(sent_at))
-            in_flight.append((d, dispatched[int(version)]))
+            d = Dispatch(int(task_id), Task(int(node), int(version), dict(config)), float(sent_at),
+                         dispatched[int(version)])
+            in_flight.append((d, d.params))
             self._in_flight[d.task_id] = d
             self._node_task[d.task.node_id] = d.task_id
         for p in dispatched.values():
             for a in p:
                 a.flags.writeable = False
-        self._dispatched_params = dispatched
-        self._dispatched_refs = Counter(d.task.version for d, _ in in_flight)
         failed = self.transport.restore(now, in_flight)
         clients = list(self.transport.clients())
         self._membership_seen = self.transport.membership_version

@@ -21,11 +21,12 @@ from fedhive.strategies.base import ClientInfo, Task, Update
 # engine's time per event (benchmarks/sim_overhead.py). Treat them as read-only all the same.
 @dataclass(slots=True)
 class Dispatch:
-    """A task in flight: its id, the task, and when it was sent."""
+    """A task in flight: its id, the task, when it was sent, and the global model it was sent (read-only arrays)."""
 
     task_id: int
     task: Task
     sent_at: float
+    params: Sequence[np.ndarray] = ()
 
 
 @dataclass(slots=True)

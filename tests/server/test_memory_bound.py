@@ -27,7 +27,7 @@ class Census(Observer):
     def on_update(self, update, outcome, client, staleness, duration, now) -> None:
         orch = self.orch_ref[0]
         history = getattr(orch.strategy, "_history", None)
-        self.held.append(max(len(orch._dispatched_params), len(history) if history is not None else 0))
+        self.held.append(max(orch.models_held, len(history) if history is not None else 0))
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))

@@ -202,3 +202,35 @@ def test_transport_clock_reaches_the_strategy_in_order():
 
     run("fedbuff", {"buffer_size": 2}, observer=Clock())
     assert stamps == sorted(stamps) and len(stamps) > 10
+
+
+def test_aggregation_time_reaches_an_observer_that_records_it():
+    changes = []
+
+    class Timing(Observer):
+        def on_aggregate(self, seconds, now):
+            changes.append((seconds, now))
+
+    res, _, _ = run("fedasync", observer=Timing(), stop=StopCondition(max_time=10.0))
+    assert len(changes) == res.final["version"] > 5  # one report per change of the global model
+    assert all(0 <= s < 1.0 for s, _ in changes)
+    assert [t for _, t in changes] == sorted(t for _, t in changes)
+
+
+def test_tasks_sent_at_one_version_share_one_model():
+    sent = []
+
+    class Sent(Observer):
+        def on_dispatch(self, task, client, now):
+            sent.append(task.version)
+
+    cls, targets, speeds, init = scenario()
+    orch = Orchestrator(build("fedbuff", {"buffer_size": 4}), VirtualTransport(cls, durations(speeds),
+                        pull_toward(targets)), stop=StopCondition(max_time=3.0), observer=Sent())
+    orch.run(init)
+    by_version = {}
+    for d in orch._in_flight.values():
+        by_version.setdefault(d.task.version, set()).add(id(d.params))
+    assert orch.models_held == len(by_version) >= 1
+    assert all(len(ids) == 1 for ids in by_version.values())  # one model object per version, not one per task
+    assert len(sent) > len(cls)
