@@ -291,7 +291,7 @@ class Strategy(ABC):
                 self.diverged += 1
                 return False
         for p in new_params:
-            p.flags.writeable = False
+            p.setflags(write=False)
         self._params = new_params
         self._version += 1
         self._wake += 1

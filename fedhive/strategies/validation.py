@@ -58,7 +58,8 @@ def all_finite(a: np.ndarray) -> bool:
     """Whether a tensor holds no NaN and no infinity (integer tensors always do).
 
     This runs twice per client update (on the update, and on the new global model), so its fixed cost matters.
-    Small tensors: ``isfinite`` (elementwise, cheap), then a byte search of its result, which costs half of a numpy
+    Tiny tensors (up to 16 values): the sum of their values as Python floats, with the exact check when it is not
+    finite. Small tensors: ``isfinite`` (elementwise, cheap), then a byte search of its result, which costs half of a numpy
     reduction's set-up (``all()``) at these sizes. Large ones: one sum (no boolean temporary as large as the tensor,
     one pass): any NaN or infinity makes the sum NaN or infinite, so a finite sum proves every value finite; only
     when it is not finite (a bad value, or finite values whose sum overflows) is the exact check run. The sum's
@@ -66,7 +67,12 @@ def all_finite(a: np.ndarray) -> bool:
     """
     if a.dtype.kind != "f":
         return True
-    if a.size <= _SUM_MIN:
+    n = a.size
+    if n <= _TINY:  # biases, norms: summing Python floats is cheaper than any numpy call (float32 cannot overflow it)
+        if math.isfinite(sum((a if a.ndim == 1 else a.ravel()).tolist())):
+            return True
+        return bool(_land(_isfinite(a), axis=None))
+    if n <= _SUM_MIN:
         return b"\0" not in _isfinite(a).tobytes()
     if a.itemsize >= 4:  # float16 sums overflow at 65,504: those go straight to the exact check
         with np.errstate(over="ignore", invalid="ignore"):
@@ -75,6 +81,7 @@ def all_finite(a: np.ndarray) -> bool:
     return bool(_land(_isfinite(a), axis=None))
 
 
+_TINY = 16  # up to this many elements the sum of a.tolist() is the cheapest check (0.2 µs, numpy's ~0.55 µs)
 _SUM_MIN = 65536  # above this many elements the sum is worth np.errstate's few microseconds
 _land = np.logical_and.reduce
 _isfinite = np.isfinite

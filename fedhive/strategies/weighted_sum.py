@@ -83,7 +83,7 @@ def weighted_sum(
         raise ValueError("weighted_sum needs at least one term")
     first = terms[0][1]
     if out is None:
-        out = [np.empty_like(x, order="C") for x in first]
+        out = [np.empty(x.shape, x.dtype) for x in first]  # C order
     idx = range(len(first)) if indices is None else indices
     coefs = [float(c) for c, _ in terms]
     scratch: np.ndarray | None = None

@@ -87,7 +87,7 @@ def test_build_accepts_snake_case_parameters_from_the_spec():
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-@pytest.mark.parametrize("size", [15, 70_000])  # the isfinite path and the sum path
+@pytest.mark.parametrize("size", [10, 40, 70_000])  # the tiny path, the isfinite path and the sum path
 def test_all_finite_sees_every_bad_value_and_no_false_alarm(dtype, size):
     from fedhive.strategies.validation import all_finite
 
@@ -125,3 +125,18 @@ def test_a_shared_task_config_is_never_changed_by_the_engine(strategy):
                         stop=StopCondition(max_time=30.0))
     assert orch.run(init).final["client_updates"] > 10
     assert len({id(c) for c in configs}) == 1 and configs[0] == {"local_steps": 7}
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_all_finite_on_tiny_tensors_of_any_shape(dtype):
+    from fedhive.strategies.validation import all_finite
+
+    for shape in [(), (1,), (2, 3), (2, 2, 4)]:
+        a = np.ones(shape, dtype)
+        assert all_finite(a)
+        for bad in (np.nan, np.inf, -np.inf):
+            b = a.copy()
+            b.flat[-1] = bad
+            assert not all_finite(b), (shape, bad)
+        assert all_finite(np.full(shape, np.finfo(dtype).max, dtype))
+        assert all_finite(np.asfortranarray(np.ones(shape, dtype)).T)
