@@ -63,3 +63,6 @@ class Fanout(Observer):
 
             return call
         return object.__getattribute__(self, name)
+
+    def wants(self, hook: str) -> bool:
+        return any(o.wants(hook) for o in object.__getattribute__(self, "_obs"))

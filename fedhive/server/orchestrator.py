@@ -77,6 +77,11 @@ class Observer:
     def on_aggregate(self, seconds: float, now: float) -> None:
         """The global model changed; ``seconds`` is how long the strategy took (for metrics only)."""
 
+    def wants(self, hook: str) -> bool:
+        """Whether ``hook`` (e.g. ``"on_update"``) does anything here: the engine skips calls to no-op per-event hooks,
+        and their set-up. An observer that forwards calls dynamically overrides this."""
+        return getattr(type(self), hook) is not getattr(Observer, hook)
+
 
 @dataclass
 class RunResult:
@@ -140,8 +145,7 @@ class Orchestrator:
         self.checkpoint_every = checkpoint_every
         self.keep_checkpoints = keep_checkpoints
         self.observer = observer or Observer()
-        # Time the strategy's handlers only for an observer that records it (two clock reads and a call per event).
-        self._time_aggregation = type(self.observer).on_aggregate is not Observer.on_aggregate
+        self._hooks_used()
 
         self._clients: dict[int, ClientInfo] = {}  # connected now
         self._known: set[int] = set()  # ever seen
@@ -163,6 +167,14 @@ class Orchestrator:
         self._accuracy: float | None = None
         self._start_time = 0.0
         self._max_time_at: float | None = None
+
+    def _hooks_used(self) -> None:
+        # The per-event hooks are called (and the strategy's handlers timed, two clock reads) only when the observer
+        # overrides them: with the no-op default they cost ~4 % of an event in virtual time.
+        wants = self.observer.wants
+        self._time_aggregation = wants("on_aggregate")
+        self._report_dispatch = wants("on_dispatch")
+        self._report_update = wants("on_update")
 
     # ------------------------------------------------------------------ public
     @property
@@ -192,6 +204,7 @@ class Orchestrator:
                 self._next_eval_time = now + self.eval_interval
             self._evaluate(now)
         self._max_time_at = None if self.stop.max_time is None else self._start_time + self.stop.max_time
+        self._hooks_used()  # (the observer may have been replaced since __init__)
         self.observer.on_start(self.strategy, self.transport.now())
         reason = self._loop()
         now = self.transport.now()
@@ -353,7 +366,8 @@ class Orchestrator:
             self._sent_version = task.version
         self._in_flight[task_id] = Dispatch(task_id, task, now, params)
         self._node_task[client.node_id] = task_id
-        self.observer.on_dispatch(task, client, now)
+        if self._report_dispatch:
+            self.observer.on_dispatch(task, client, now)
         self.transport.dispatch(task_id, task, params)
 
     def _end_task(self, task_id: int) -> Dispatch:
@@ -375,7 +389,6 @@ class Orchestrator:
             self._reject(ev, rejection, ends_task)
             return
         d = self._end_task(ev.task_id)
-        client = self._clients.get(u.node_id) or ClientInfo(u.node_id, u.num_examples, "unknown")
         staleness = self.strategy.version - u.base_version
         if self._time_aggregation:
             outcome = self._timed(self.strategy.on_update, u, now)
@@ -385,7 +398,9 @@ class Orchestrator:
         counters[_OUTCOME_KEYS.get(outcome.status) or f"update_{outcome.status}"] += 1
         if outcome.reason:
             counters[f"update_{outcome.status}_{outcome.reason}"] += 1
-        self.observer.on_update(u, outcome, client, staleness, now - d.sent_at, now)
+        if self._report_update:
+            client = self._clients.get(u.node_id) or ClientInfo(u.node_id, u.num_examples, "unknown")
+            self.observer.on_update(u, outcome, client, staleness, now - d.sent_at, now)
 
     def _validate(self, ev: Result) -> tuple[Rejection | None, bool]:
         """Why ``ev`` cannot be applied (and whether its task is over anyway), or ``(None, True)``."""

@@ -204,17 +204,36 @@ def test_transport_clock_reaches_the_strategy_in_order():
     assert stamps == sorted(stamps) and len(stamps) > 10
 
 
-def test_aggregation_time_reaches_an_observer_that_records_it():
-    changes = []
+@pytest.mark.parametrize("fanout", [False, True])
+def test_per_event_hooks_reach_observers_that_use_them(fanout):
+    """The engine skips no-op hooks; an observer that defines one gets every call, also behind a Fanout."""
+    from fedhive.server.build import Fanout
+
+    changes, updates, dispatches = [], [], []
 
     class Timing(Observer):
         def on_aggregate(self, seconds, now):
             changes.append((seconds, now))
 
-    res, _, _ = run("fedasync", observer=Timing(), stop=StopCondition(max_time=10.0))
+    class Updates(Observer):
+        def on_update(self, update, outcome, client, staleness, duration, now):
+            updates.append((client.node_id, staleness, duration))
+
+        def on_dispatch(self, task, client, now):
+            dispatches.append(task.node_id)
+
+    timing, ups = Timing(), Updates()
+    assert timing.wants("on_aggregate") and not timing.wants("on_update") and not Observer().wants("on_dispatch")
+    observer = Fanout([timing, ups]) if fanout else timing
+    res, _, _ = run("fedasync", observer=observer, stop=StopCondition(max_time=10.0))
     assert len(changes) == res.final["version"] > 5  # one report per change of the global model
     assert all(0 <= s < 1.0 for s, _ in changes)
     assert [t for _, t in changes] == sorted(t for _, t in changes)
+    if fanout:
+        assert len(updates) == res.final["client_updates"] and all(d > 0 and s >= 0 for _, s, d in updates)
+        assert len(dispatches) >= len(updates)
+    else:
+        assert not updates and not dispatches
 
 
 def test_tasks_sent_at_one_version_share_one_model():
