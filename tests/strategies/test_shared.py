@@ -140,3 +140,17 @@ def test_all_finite_on_tiny_tensors_of_any_shape(dtype):
             assert not all_finite(b), (shape, bad)
         assert all_finite(np.full(shape, np.finfo(dtype).max, dtype))
         assert all_finite(np.asfortranarray(np.ones(shape, dtype)).T)
+
+
+def test_task_and_update_are_frozen_values():
+    import dataclasses
+
+    from fedhive.strategies.base import Task, Update
+
+    t, u = Task(3, 7), Update(node_id=3, base_version=7, params=[], num_examples=5)
+    assert t.config == {} and t.config is not Task(3, 7).config and u.metrics == {}
+    assert t == Task(3, 7, {}) and t != Task(3, 8) and dataclasses.replace(t, version=8) == Task(3, 8)
+    assert repr(u) == "Update(node_id=3, base_version=7, params=[], num_examples=5, metrics={})"
+    for obj, name in ((t, "version"), (u, "params"), (u, "metrics")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, name, None)
