@@ -360,12 +360,14 @@ class FedCompass(Strategy):
 
     def _create_steps(self, i: int, now: float) -> int:
         """CREATE's ``q*``: arrive one fastest-member ``Q_max`` span after an open group's ``T_max``."""
-        o, s = self._overhead.get(i, 0.0), self._speed[i]
+        overhead, speed, q_max = self._overhead, self._speed, self.q_max
+        o, s = overhead.get(i, 0.0), speed[i]
         qstar: int | None = None
         for g in self._groups.values():
             if not g.open or not now < g.t_max:
                 continue
-            fastest = min(self._duration(j, self.q_max) for j in (*g.pending, *g.arrived))
+            # self._duration(j, q_max), inlined: groups hold thousands of members in fleets of 10,000
+            fastest = min([overhead.get(j, 0.0) + q_max * speed[j] for j in (*g.pending, *g.arrived)])
             q = math.floor((g.t_max + fastest - now - o) / s)
             if 0 <= q <= self.q_max and (qstar is None or q > qstar):
                 qstar = q
