@@ -60,9 +60,9 @@ def all_finite(a: np.ndarray) -> bool:
     This runs twice per client update (on the update, and on the new global model), so its fixed cost matters.
     Tiny tensors (up to 16 values): the sum of their values as Python floats, with the exact check when it is not
     finite. Small tensors: ``isfinite`` (elementwise, cheap), then a byte search of its result, which costs half of a
-    numpy reduction's set-up (``all()``) at these sizes. Large ones: one sum (no boolean temporary as large as the tensor,
-    one pass): any NaN or infinity makes the sum NaN or infinite, so a finite sum proves every value finite; only
-    when it is not finite (a bad value, or finite values whose sum overflows) is the exact check run. The sum's
+    numpy reduction's set-up (``all()``) at these sizes. Large ones: one sum (no boolean temporary as large as the
+    tensor, one pass): any NaN or infinity makes the sum NaN or infinite, so a finite sum proves every value finite;
+    only when it is not finite (a bad value, or finite values whose sum overflows) is the exact check run. The sum's
     floating-point warnings are silenced.
     """
     if a.dtype.kind != "f":
