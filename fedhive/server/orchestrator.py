@@ -424,7 +424,8 @@ class Orchestrator:
         if u.base_version != d.task.version:
             return Rejection("version_mismatch", f"base version {u.base_version}, but the task was sent at version "
                                                  f"{d.task.version}"), True
-        if isinstance(u.num_examples, bool) or not isinstance(u.num_examples, (int, np.integer)) or u.num_examples < 0:
+        n = u.num_examples
+        if type(n) is not int and (isinstance(n, bool) or not isinstance(n, (int, np.integer))) or n < 0:
             return Rejection("num_examples", f"num_examples {u.num_examples!r} is not an integer >= 0"), True
         bad = check_params(u.params, self.strategy.params)
         return bad, True

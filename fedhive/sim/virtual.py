@@ -102,7 +102,10 @@ class VirtualTransport(Transport):
             membership = self._membership
             while self._heap and self._heap[0][0] == t:
                 _, _, kind, payload = heapq.heappop(self._heap)
-                self._handle(kind, payload, t, events)
+                if kind == _DONE:  # the common event, without the dispatch through _handle
+                    events.extend(self._complete(payload, t))
+                else:
+                    self._handle(kind, payload, t, events)
             if events or self._membership != membership:
                 return events
         if deadline is not None:
@@ -178,11 +181,13 @@ class VirtualTransport(Transport):
             return []
         task, params = entry
         out = self._train(task.node_id, task_id, task, params)
-        updates = out if isinstance(out, list) else [out]
+        updates = out if type(out) is list else (out,)
         events: list[Event] = []
         for u in updates:
-            if isinstance(u.params, list):
+            if type(u.params) is list:
+                n = 0
                 for p in u.params:  # (malformed replies may hold anything: they are counted, then rejected)
-                    self._bytes += int(getattr(p, "nbytes", 0))
+                    n += p.nbytes if type(p) is np.ndarray else int(getattr(p, "nbytes", 0))
+                self._bytes += n
             events.append(Result(task_id, u, t))
         return events
