@@ -253,3 +253,20 @@ def test_tasks_sent_at_one_version_share_one_model():
     assert orch.models_held == len(by_version) >= 1
     assert all(len(ids) == 1 for ids in by_version.values())  # one model object per version, not one per task
     assert len(sent) > len(cls)
+
+
+@pytest.mark.parametrize("bad", [-5, True, 3.5, "7", None])
+def test_num_examples_must_be_a_non_negative_integer(bad):
+    cls, targets, speeds, init = scenario()
+    good = pull_toward(targets)
+
+    def train(node, task_id, task, params):
+        u = good(node, task_id, task, params)
+        n = bad if task_id == 3 else (np.int64(u.num_examples) if task_id == 4 else u.num_examples)
+        return Update(node, u.base_version, u.params, n, {})
+
+    obs = Snapshots()
+    res = Orchestrator(build("fedasync"), VirtualTransport(cls, durations(speeds), train),
+                       stop=StopCondition(max_time=20.0), observer=obs).run(init)
+    assert obs.rejections == ["num_examples"]  # numpy integers (task 4) are accepted
+    assert res.final["version"] > 3
