@@ -265,7 +265,10 @@ class Orchestrator:
                     return "stalled"
 
     def _timed(self, handler: Any, *args: Any) -> Any:
-        """Call a strategy handler whose last argument is ``now``; report its time if it changed the model."""
+        """Call a strategy handler whose last argument is ``now``; report its time if it changed the model (to an
+        observer that records it)."""
+        if not self._time_aggregation:
+            return handler(*args)
         v, t = self.strategy.version, time.perf_counter()
         out = handler(*args)
         if self.strategy.version != v:
@@ -390,10 +393,7 @@ class Orchestrator:
             return
         d = self._end_task(ev.task_id)
         staleness = self.strategy.version - u.base_version
-        if self._time_aggregation:
-            outcome = self._timed(self.strategy.on_update, u, now)
-        else:
-            outcome = self.strategy.on_update(u, now)
+        outcome = self._timed(self.strategy.on_update, u, now)
         self.client_updates += 1
         counters[_OUTCOME_KEYS.get(outcome.status) or f"update_{outcome.status}"] += 1
         if outcome.reason:

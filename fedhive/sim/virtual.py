@@ -29,7 +29,8 @@ _DONE, _FAIL, _JOIN, _LEAVE, _INJECT = range(5)  # subclasses add kinds from 16 
 def _nbytes(params: Sequence[np.ndarray]) -> int:
     n = 0
     for p in params:  # a loop, not sum() of a generator: this runs for every task, and per-call overhead is all it costs
-        n += p.nbytes
+        # (malformed replies may hold anything: they are counted, then rejected)
+        n += p.nbytes if type(p) is np.ndarray else int(getattr(p, "nbytes", 0))
     return int(n)
 
 
@@ -185,9 +186,6 @@ class VirtualTransport(Transport):
         events: list[Event] = []
         for u in updates:
             if type(u.params) is list:
-                n = 0
-                for p in u.params:  # (malformed replies may hold anything: they are counted, then rejected)
-                    n += p.nbytes if type(p) is np.ndarray else int(getattr(p, "nbytes", 0))
-                self._bytes += n
+                self._bytes += _nbytes(u.params)
             events.append(Result(task_id, u, t))
         return events

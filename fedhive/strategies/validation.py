@@ -71,10 +71,9 @@ def all_finite(a: np.ndarray) -> bool:
     if n <= _TINY:  # biases, norms: summing Python floats is cheaper than any numpy call (float32 cannot overflow it)
         if math.isfinite(sum((a if a.ndim == 1 else a.ravel()).tolist())):
             return True
-        return bool(_land(_isfinite(a), axis=None))
-    if n <= _SUM_MIN:
+    elif n <= _SUM_MIN:
         return b"\0" not in _isfinite(a).tobytes()
-    if a.itemsize >= 4:  # float16 sums overflow at 65,504: those go straight to the exact check
+    elif a.itemsize >= 4:  # float16 sums overflow at 65,504: those go straight to the exact check
         with np.errstate(over="ignore", invalid="ignore"):
             if math.isfinite(np.add.reduce(a, axis=None)):
                 return True
