@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedhive.tasks import partition as part
-from fedhive.tasks.base import LearningTask, TrainJob, _BatchedModel, _is_int, _is_real
+from fedhive.tasks.base import LearningTask
+from fedhive.tasks.batched import _BatchedModel
+from fedhive.tasks.config import TrainJob, _is_int, _is_real
 
 __all__ = ["MNIST1D", "ConvBase", "load_mnist1d", "cache_dir"]
 

@@ -41,7 +41,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedhive.tasks.base import LearningTask, TrainJob, _BatchedModel, _is_int, _is_real
+from fedhive.tasks.base import LearningTask
+from fedhive.tasks.batched import _BatchedModel
+from fedhive.tasks.config import TrainJob, _is_int, _is_real
 
 __all__ = ["Synthetic"]
 

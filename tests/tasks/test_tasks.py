@@ -17,8 +17,9 @@ from torch import nn
 
 from fedhive.tasks import BUILTIN_TASKS, LearningTask, load_task
 from fedhive.tasks import mnist1d as mnist1d_module
-from fedhive.tasks.base import TrainConfig, _Optimizer
+from fedhive.tasks.base import TrainConfig
 from fedhive.tasks.mnist1d import MNIST1D, ConvBase, load_mnist1d
+from fedhive.tasks.optimizers import _BatchedOptimizer, _Optimizer
 from fedhive.tasks.synthetic import Synthetic
 
 
@@ -171,9 +172,39 @@ def test_optimizers_match_torch_optim(config, make_torch):
         for p, g in zip(theirs, grads):
             p.grad = g.clone()
         opt.step()
-        mine.step([g.clone() for g in grads], None)
+        mine.step([g.clone() for g in grads])
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "configs",
+    [
+        [{"momentum": 0.9, "weight_decay": 0.01, "proximal_mu": 0.5}, {}, {"lr": 0.3, "proximal_mu": 0.1}],
+        [{"optimizer": "adam", "lr": 0.01, "weight_decay": 0.001, "proximal_mu": 0.5}, {"optimizer": "adam"},
+         {"optimizer": "adam", "lr": 0.003}],
+    ],
+)
+def test_batched_optimizer_applies_the_per_client_rules_to_each_client(configs):
+    """One set of rules: stacked clients with their own hyperparameters step as each would alone."""
+    cfgs = [TrainConfig.parse({"local_steps": 1, **c}, 0.1, 32) for c in configs]
+    gen = torch.Generator().manual_seed(0)
+    stacked = [torch.randn(3, 5, 4, generator=gen), torch.randn(3, 5, 1, generator=gen)]
+    alone = [[nn.Parameter(p[c].clone()) for p in stacked] for c in range(3)]
+    batched = _BatchedOptimizer(stacked, cfgs)
+    per_client = [_Optimizer(params, cfg) for params, cfg in zip(alone, cfgs)]
+    for step, active in enumerate([3, 3, 2, 2, 1]):  # clients leave the batch as they finish
+        grads: list[torch.Tensor | None] = [torch.randn(p.shape, generator=gen) for p in stacked]
+        if step == 1:
+            grads[1] = None  # a parameter the loss does not reach
+        idle = [p[active:].clone() for p in stacked]
+        batched.step([None if g is None else g.clone() for g in grads], active)
+        for c in range(active):
+            per_client[c].step([None if g is None else g[c].clone() for g in grads])
+        assert all(torch.equal(p[active:], q) for p, q in zip(stacked, idle))  # finished clients stay put
+    for c in range(3):
+        for p, q in zip(stacked, alone[c]):
+            torch.testing.assert_close(p[c], q.detach(), atol=1e-6, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------- train
@@ -293,6 +324,61 @@ def test_on_step_result_replaces_the_model(task, start):
     assert all(np.array_equal(a, z) for a, z in zip(result[:-1], zeros[:-1]))
     assert np.abs(result[-1]).max() > 0
     assert np.abs(result[-1]).max() <= lr  # |d loss / d bias| <= 1 for cross-entropy
+
+
+def test_momentum_survives_the_on_step_swap(task, start):
+    """A fetch swaps the model inside one train call and keeps the SGD momentum buffer (FedASMU's mid-training fetch).
+
+    Reference: the documented batch stream and ``torch.optim.SGD`` on one model whose weights are overwritten in
+    place at the fetch, so the optimizer (and its momentum buffer) carries on.
+    """
+    client, seed, steps, fetch, lr, momentum, bs = 2, 21, 8, 3, 0.05, 0.9, 16
+    config = {"local_steps": steps, "fetch_step": fetch, "lr": lr, "momentum": momentum, "batch_size": bs}
+    fetched = task.initial_params(1)
+    seen = []
+
+    def on_step(step, params):
+        seen.append((step, [p.copy() for p in params]))
+        return fetched
+
+    result, metrics = task.train(start, client, config, seed=seed, on_step=on_step)
+
+    x, y = task.client_data(client)
+    n = len(y)
+    gen = torch.Generator().manual_seed(seed)
+    stream = torch.cat([torch.randperm(n, generator=gen) for _ in range(-(-steps * bs // n))])
+    order = stream[: steps * bs].view(steps, bs)
+
+    def reference(keep_optimizer: bool) -> list[np.ndarray]:
+        model = task.build_model()
+
+        def load(params):
+            model.load_state_dict({k: torch.from_numpy(v) for k, v in zip(task.param_names(), params)})
+
+        load(start)
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+        for s in range(steps):
+            if s == fetch:
+                load(fetched)  # in place: opt still holds these parameters
+                if not keep_optimizer:
+                    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+            loss = F.cross_entropy(model(x[order[s]]), y[order[s]])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return [t.detach().numpy().copy() for t in model.state_dict().values()]
+
+    kept, reset = reference(True), reference(False)
+    for a, b in zip(result, kept):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert _distance(result, reset) > 100 * max(_distance(result, kept), 1e-6)  # the buffer is what differs
+    # The hook saw the model after exactly fetch_step steps...
+    before_fetch, _ = task.train(start, client, {**config, "local_steps": fetch}, seed=seed)
+    assert [s for s, _ in seen] == [fetch] and _equal(seen[0][1], before_fetch)
+    # ...and one call is not two: restarting from the fetched model loses the buffer (and the batch stream).
+    split, _ = task.train(fetched, client, {**config, "local_steps": steps - fetch}, seed=seed)
+    assert not _equal(result, split)
+    assert metrics["steps"] == steps
 
 
 def test_proximal_anchor_survives_a_fetch(task, start):
