@@ -26,22 +26,11 @@ def _strategies(args: argparse.Namespace) -> int:
     return 0
 
 
-def _value(text: str):
-    """A command-line value: JSON if it parses (numbers, true/false, null, lists), else the string."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+def _pairs(items: Sequence[str] | None, what: str, example: str, form: str = "KEY=VALUE") -> dict:
+    """Repeated ``--option KEY=VALUE`` items as a dict, values typed (JSON where they parse, else strings)."""
+    from fedhive.strategies.params import parse_pairs
 
-
-def _pairs(items: Sequence[str], what: str) -> dict:
-    out = {}
-    for item in items or ():
-        key, sep, val = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"fedhive: bad {what} {item!r}: write KEY=VALUE, e.g. buffer_size=10")
-        out[key.strip()] = _value(val.strip())
-    return out
+    return parse_pairs(items, what, form=form, example=example)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -56,12 +45,14 @@ def _sim(args: argparse.Namespace) -> int:
     fleet = load_fleet(args.fleet)
     if args.mix:
         fleet = fleet.with_mix(parse_mix(args.mix))
-    task_params = _pairs(args.task_param, "task parameter")
+    task_params = _pairs(args.task_param, "task parameter", "num_samples=8000")
     if args.alpha is not None:
         task_params["alpha"] = args.alpha
+    strategy_params = _pairs(args.param, "strategy parameter", "buffer_size=10")
+    client_config = _pairs(args.client, "client setting", "lr=0.05")
     cfg = SimConfig(strategy=args.strategy, fleet=fleet, budget=args.budget, seed=args.seed, task=args.task,
-                    task_params=task_params, strategy_params=_pairs(args.param, "strategy parameter"),
-                    client_config=_pairs(args.client, "client setting"), local_steps=args.local_steps,
+                    task_params=task_params, strategy_params=strategy_params,
+                    client_config=client_config, local_steps=args.local_steps,
                     target=args.target, stop_at_target=args.stop_at_target, eval_interval=args.eval_interval,
                     max_updates=args.max_updates, executor=args.executor, workers=args.workers,
                     ray_address=args.ray_address, ray_gpus=args.ray_gpus)
@@ -105,8 +96,8 @@ def _bench(args: argparse.Namespace) -> int:
     for item in args.param or ():
         name, sep, rest = item.partition(":")
         if not sep:
-            raise SystemExit(f"fedhive: bad --param {item!r}: write STRATEGY:KEY=VALUE, e.g. fedasync:alpha=0.4")
-        params.setdefault(name, {}).update(_pairs([rest], "strategy parameter"))
+            raise ValueError(f"bad --param {item!r}: write STRATEGY:KEY=VALUE, e.g. fedasync:alpha=0.4")
+        params.setdefault(name, {}).update(_pairs([rest], "--param", "fedasync:alpha=0.4", form="STRATEGY:KEY=VALUE"))
     mix = parse_mix(args.mix) if args.mix else dict(DEFAULTS["mix"])
     if args.clients:
         mix = scale_mix(mix, args.clients)
@@ -114,7 +105,8 @@ def _bench(args: argparse.Namespace) -> int:
            budget=args.budget, long=args.long, long_budget=args.long_budget, out=args.out,
            strategies=args.strategies.split(",") if args.strategies else ORDER,
            strategy_params=params, executor=args.executor, workers=args.workers, ray_address=args.ray_address,
-           ray_gpus=args.ray_gpus, client_config=_pairs(args.client, "client setting"), progress=not args.quiet)
+           ray_gpus=args.ray_gpus, client_config=_pairs(args.client, "client setting", "lr=0.05"),
+           progress=not args.quiet)
     return 0
 
 
@@ -124,7 +116,8 @@ def _up(args: argparse.Namespace) -> int:
 
     exit_on_sigterm()  # `kill`, `timeout` or systemd stop the cluster as Ctrl-C does
     up(strategy=args.strategy, agents=args.agents, mix=args.mix, duration=args.duration, task=args.task, out=args.out,
-       metrics_address=args.metrics_address, settings=_pairs(args.set, "run-config setting"), emulate=args.emulate)
+       metrics_address=args.metrics_address, settings=_pairs(args.set, "run-config setting", "max-versions=50"),
+       emulate=args.emulate)
     return 0
 
 
@@ -148,7 +141,8 @@ def _agent(args: argparse.Namespace) -> int:
                         auth_private_key=args.auth_supernode_private_key,
                         auth_public_key=args.auth_supernode_public_key, slowdown=args.slowdown,
                         worker=not args.no_worker, max_backoff=args.max_backoff, state_dir=args.state_dir,
-                        node_config=_pairs(args.node_config, "node config"), metrics_address=args.metrics_address)
+                        node_config=_pairs(args.node_config, "node config", "data-dir=/data"),
+                        metrics_address=args.metrics_address)
     return Agent(opts, profile).run()
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fedhive.client.agent import flower_command, flower_env, node_config_string, signal_group
-from fedhive.server.settings import format_run_config
+from fedhive.runconfig import format_run_config
 
 log = logging.getLogger("fedhive.cluster")
 

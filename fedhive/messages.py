@@ -15,9 +15,12 @@ These follow Flower's own quickstart conventions, so a stock Flower ClientApp wo
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:  # for the annotations only; Flower is imported where a record is built or read
+    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -33,7 +36,7 @@ STORE_TOKEN = "fedhive.store-token"
 STORE_CA = "fedhive.store-ca"
 
 
-def to_array_record(params: Sequence[np.ndarray], names: Sequence[str]) -> Any:
+def to_array_record(params: Sequence[np.ndarray], names: Sequence[str]) -> ArrayRecord:
     """``params`` as an ArrayRecord keyed by ``names`` (so ``to_torch_state_dict()`` loads into the model)."""
     from flwr.app import Array, ArrayRecord
 
@@ -42,8 +45,9 @@ def to_array_record(params: Sequence[np.ndarray], names: Sequence[str]) -> Any:
     return ArrayRecord(OrderedDict((n, Array(np.asarray(p))) for n, p in zip(names, params)))
 
 
-def from_array_record(record: Any, names: Sequence[str] | None = None) -> list[np.ndarray]:
-    """The arrays of ``record`` in ``names`` order when its keys are exactly those names, else in its own order.
+def from_array_record(record: object, names: Sequence[str] | None = None) -> list[np.ndarray]:
+    """The arrays of ``record`` (an ArrayRecord, checked: it comes off the wire) in ``names`` order when its keys are
+    exactly those names, else in its own order.
 
     Raises
     ------
@@ -63,7 +67,7 @@ def from_array_record(record: Any, names: Sequence[str] | None = None) -> list[n
         raise ValueError(f"cannot decode array record: {exc}") from exc
 
 
-def to_config_record(config: Mapping[str, Any]) -> Any:
+def to_config_record(config: Mapping[str, Any]) -> ConfigRecord:
     """A ConfigRecord of ``config``, dropping ``None`` values (Flower has no null)."""
     from flwr.app import ConfigRecord
 
@@ -79,7 +83,7 @@ def to_config_record(config: Mapping[str, Any]) -> Any:
     return ConfigRecord(out)
 
 
-def metric_record(metrics: Mapping[str, Any]) -> Any:
+def metric_record(metrics: Mapping[str, Any]) -> MetricRecord:
     """A MetricRecord of the finite numeric entries of ``metrics`` (others are left out)."""
     from flwr.app import MetricRecord
 

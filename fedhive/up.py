@@ -20,8 +20,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fedhive.localcluster import CPU_QUOTAS, LocalCluster
+from fedhive.runconfig import DEFAULTS, task_settings
 from fedhive.sim import profiles as sim_profiles
-from fedhive.server.settings import DEFAULTS
+from fedhive.strategies.params import integer
 
 DEFAULT_MIX = {"gpu": 1, "cpu": 2, "rpi4": 3}
 
@@ -37,8 +38,7 @@ def parse_mix(text: str) -> dict[str, int]:
 
 def scale(mix: Mapping[str, int], n: int) -> dict[str, int]:
     """``mix`` scaled to ``n`` devices with the simulator's rule; with fewer devices than classes, the n largest."""
-    if n < 1:
-        raise ValueError(f"--agents must be >= 1, got {n}")
+    n = integer("--agents", n, low=1)
     if n >= len(mix):
         return sim_profiles.scale_mix(mix, n)
     return {k: 1 for k in sorted(mix, key=lambda k: mix[k], reverse=True)[:n]}
@@ -122,7 +122,6 @@ def up(*, strategy: str = "fedcompass", agents: int | None = None, mix: str | No
 
 
 def _prewarm(task: str, n: int, config: Mapping[str, Any], data_dir: Path) -> None:
-    from fedhive.server.settings import task_settings
     from fedhive.tasks import load_task
 
     s = task_settings({**config, "task": task})  # what each agent's trainer builds its task from

@@ -39,8 +39,31 @@ def test_bad_input_names_what_is_accepted():
     out = subprocess.run([sys.executable, "-m", "fedhive.cli", "sim", "--strategy", "fedprox", "--budget", "5",
                           "--quiet"], capture_output=True, text=True)
     assert out.returncode != 0 and "valid: fedavg, fedasync" in out.stderr
-    with pytest.raises(SystemExit, match="write KEY=VALUE"):
-        main(["sim", "--strategy", "fedbuff", "--budget", "5", "--param", "buffer_size"])
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["sim", "--strategy", "fedbuff", "--budget", "5", "--param", "buffer_size"],
+     "fedhive sim: error: bad strategy parameter 'buffer_size': write KEY=VALUE, e.g. buffer_size=10"),
+    (["sim", "--strategy", "fedbuff", "--budget", "5", "--client", "=0.1"],
+     "fedhive sim: error: bad client setting '=0.1': write KEY=VALUE, e.g. lr=0.05"),
+    (["sim", "--strategy", "fedbuff", "--budget", "5", "--mix", "gpu=two"],
+     "fedhive sim: error: device count for 'gpu' in the mix 'gpu=two' must be an integer >= 0, got 'two'"),
+    (["bench", "hetero", "--param", "alpha=0.4"],
+     "fedhive bench: error: bad --param 'alpha=0.4': write STRATEGY:KEY=VALUE, e.g. fedasync:alpha=0.4"),
+    (["bench", "hetero", "--param", "fedasync:alpha"],
+     "fedhive bench: error: bad --param 'alpha': write STRATEGY:KEY=VALUE, e.g. fedasync:alpha=0.4"),
+])
+def test_bad_key_value_options_name_the_option_the_item_and_the_form(argv, words, capsys):
+    assert main(argv) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_key_value_options_are_typed_as_json_else_strings():
+    from fedhive.cli import _pairs
+
+    assert _pairs(["a=1", " b = 0.5 ", "c=true", "d=x", 'e="3"', "f=[1, 2]", "g=null", "h=a=b"], "p", "a=1") == {
+        "a": 1, "b": 0.5, "c": True, "d": "x", "e": "3", "f": [1, 2], "g": None, "h": "a=b"}
+    assert _pairs(None, "p", "a=1") == {}
 
 
 def test_sigterm_runs_the_cleanup_of_fedhive_up_and_the_benchmarks(tmp_path):

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from fedhive.strategies.params import integer, number
+
 from .profile import DEVICE_CLASSES, DeviceProfile, detect
 
 log = logging.getLogger("fedhive.agent")
@@ -95,16 +97,16 @@ class AgentOptions:
     def __post_init__(self) -> None:
         if self.device_class != "auto" and self.device_class not in DEVICE_CLASSES:
             raise ValueError(f"device class {self.device_class!r} is not one of auto, {', '.join(DEVICE_CLASSES)}")
-        if self.partition_id < 0 or self.num_partitions < 1 or self.partition_id >= self.num_partitions:
-            raise ValueError(f"need 0 <= partition-id < num-partitions, got {self.partition_id} and "
-                             f"{self.num_partitions}")
+        self.partition_id = integer("partition-id", self.partition_id, low=0)
+        self.num_partitions = integer("num-partitions", self.num_partitions, low=1)
+        if self.partition_id >= self.num_partitions:
+            raise ValueError(f"partition-id {self.partition_id} must be < num-partitions {self.num_partitions}")
         if not self.insecure and not self.root_certificates:
             raise ValueError("TLS needs --root-certificates CA.pem (or pass --insecure for plain text)")
         if bool(self.auth_private_key) != bool(self.auth_public_key):
             raise ValueError("node authentication needs both --auth-supernode-private-key and "
                              "--auth-supernode-public-key")
-        if not self.slowdown >= 1:
-            raise ValueError(f"slowdown must be >= 1, got {self.slowdown}")
+        self.slowdown = number("slowdown", self.slowdown, low=1)
 
 
 class Agent:

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fedhive import messages as M
-from fedhive.server.settings import task_settings
+from fedhive.runconfig import task_settings
+
+if TYPE_CHECKING:  # for the annotations only; the runtime imports of Flower stay inside the functions
+    from flwr.app import Context, Message
+    from flwr.clientapp import ClientApp
 
 log = logging.getLogger("fedhive.clientapp")
 
@@ -44,16 +48,16 @@ def _trainer_call(node: dict, header: dict, arrays: list) -> tuple[dict, list]:
     return _local_trainer.handle(header, arrays)
 
 
-def _seed(node_id: int, task_id: Any) -> int:
+def _seed(node_id: int, task_id: object) -> int:
     digest = hashlib.blake2b(f"{node_id}/{task_id}".encode(), digest_size=4).digest()
     return int.from_bytes(digest, "big") >> 1
 
 
-def _base(context: Any) -> tuple[dict, dict]:
+def _base(context: Context) -> tuple[dict, dict]:
     return dict(context.node_config), task_settings(dict(context.run_config))
 
 
-def train(msg: Any, context: Any) -> Any:
+def train(msg: Message, context: Context) -> Message:
     from flwr.app import Message, RecordDict
 
     node, settings = _base(context)
@@ -67,7 +71,7 @@ def train(msg: Any, context: Any) -> Any:
     return Message(content, reply_to=msg)
 
 
-def evaluate(msg: Any, context: Any) -> Any:
+def evaluate(msg: Message, context: Context) -> Message:
     from flwr.app import Message, RecordDict
 
     node, settings = _base(context)
@@ -76,7 +80,7 @@ def evaluate(msg: Any, context: Any) -> Any:
     return Message(RecordDict({M.METRICS: M.metric_record(metrics)}), reply_to=msg)
 
 
-def profile(msg: Any, context: Any) -> Any:
+def profile(msg: Message, context: Context) -> Message:
     from flwr.app import ConfigRecord, Message, RecordDict
 
     node, settings = _base(context)
@@ -87,7 +91,7 @@ def profile(msg: Any, context: Any) -> Any:
     return Message(RecordDict({M.PROFILE: ConfigRecord(prof)}), reply_to=msg)
 
 
-def _make_app() -> Any:
+def _make_app() -> ClientApp:
     from flwr.clientapp import ClientApp
 
     client_app = ClientApp()

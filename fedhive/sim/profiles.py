@@ -19,11 +19,12 @@ the real device.
 
 from __future__ import annotations
 
-import math
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
+
+from fedhive.strategies.params import integer, number, parse_pairs
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,8 @@ class DeviceProfile:
 
     def __post_init__(self) -> None:
         for attr in ("seconds_per_step", "bandwidth"):
-            v = getattr(self, attr)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"device class {self.name!r}: {attr} must be a number > 0, got {v!r}")
-        if not (isinstance(self.latency, (int, float)) and math.isfinite(self.latency) and self.latency >= 0):
-            raise ValueError(f"device class {self.name!r}: latency must be a number >= 0, got {self.latency!r}")
+            number(f"device class {self.name!r}: {attr}", getattr(self, attr), low=0, low_open=True)
+        number(f"device class {self.name!r}: latency", self.latency, low=0)
 
     def transfer(self, nbytes: int) -> float:
         """Seconds to move ``nbytes`` one way."""
@@ -71,6 +69,13 @@ DEVICE_CLASSES: dict[str, DeviceProfile] = {
     "rpi5": DeviceProfile("rpi5", 0.10, 10 * MB, 0.030),
     "rpi4": DeviceProfile("rpi4", 0.25, 5 * MB, 0.050),
     "rpi-zero2": DeviceProfile("rpi-zero2", 1.00, 2 * MB, 0.080),
+}
+
+
+#: FleetSpec's numbers: what each is, and the (excluded) upper end of its range from 0.
+_FLEET_LIMITS: dict[str, tuple[str, float | None]] = {
+    "jitter": ("a log-normal sigma", 5), "dropout": ("a probability per task", 1),
+    "client_jitter": ("a log-normal sigma", 5), "rejoin": ("mean seconds before a dropped device is back", None),
 }
 
 
@@ -104,21 +109,16 @@ class FleetSpec:
     def __post_init__(self) -> None:
         if not self.mix:
             raise ValueError("a fleet needs at least one device class with a count > 0")
-        for name, n in self.mix.items():
+        for name in self.mix:
             if name not in self.profiles:
                 raise ValueError(f"unknown device class {name!r}; known: {', '.join(self.profiles)}")
-            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-                raise ValueError(f"device count for {name!r} must be an integer >= 0, got {n!r}")
+        # Counts from TOML or JSON may be 5.0, or numpy integers: stored as ints.
+        object.__setattr__(self, "mix", {name: integer(f"device count for {name!r}", n, low=0)
+                                         for name, n in self.mix.items()})
         if self.size == 0:
             raise ValueError("a fleet needs at least one device")
-        if not (0 <= self.jitter < 5):
-            raise ValueError(f"jitter is a log-normal sigma in [0, 5), got {self.jitter!r}")
-        if not (0 <= self.dropout < 1):
-            raise ValueError(f"dropout is a probability per task in [0, 1), got {self.dropout!r}")
-        if not (0 <= self.client_jitter < 5):
-            raise ValueError(f"client_jitter is a log-normal sigma in [0, 5), got {self.client_jitter!r}")
-        if not (self.rejoin >= 0):
-            raise ValueError(f"rejoin is a mean number of seconds >= 0, got {self.rejoin!r}")
+        for attr, (what, high) in _FLEET_LIMITS.items():
+            number(f"{attr} ({what})", getattr(self, attr), low=0, high=high, high_open=True)
 
     @property
     def size(self) -> int:
@@ -147,15 +147,12 @@ PRESETS: dict[str, FleetSpec] = {
 
 def parse_mix(text: str) -> dict[str, int]:
     """``"gpu=5,cpu=20,rpi4=25"`` → ``{"gpu": 5, "cpu": 20, "rpi4": 25}``."""
-    mix: dict[str, int] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, count = part.partition("=")
-        if not sep or not count.strip().isdigit():
-            raise ValueError(f"bad device mix entry {part!r}: write CLASS=COUNT, e.g. gpu=5,cpu=20,rpi4=25")
-        mix[name.strip()] = int(count)
-    if not mix:
-        raise ValueError("empty device mix: write CLASS=COUNT pairs, e.g. gpu=5,cpu=20,rpi4=25")
-    return mix
+    example = "gpu=5,cpu=20,rpi4=25"
+    pairs = parse_pairs(filter(None, (p.strip() for p in text.split(","))), "device mix entry", form="CLASS=COUNT",
+                        example=example)
+    if not pairs:
+        raise ValueError(f"empty device mix: write CLASS=COUNT pairs, e.g. {example}")
+    return {name: integer(f"device count for {name!r} in the mix {text!r}", n, low=0) for name, n in pairs.items()}
 
 
 def scale_mix(mix: Mapping[str, int], clients: int) -> dict[str, int]:
@@ -224,12 +221,14 @@ def load_fleet(spec: str | Path | Mapping[str, Any]) -> FleetSpec:
         merged.update(cfg)
         if merged["seconds_per_step"] is None or merged["bandwidth"] is None:
             raise ValueError(f"new device class {name!r} needs seconds_per_step and bandwidth")
-        profiles[name] = DeviceProfile(name, float(merged["seconds_per_step"]), float(merged["bandwidth"]),
-                                       float(merged["latency"]), dict(merged["resources"]))
+        nums = {k: number(f"device class {name!r}: {k}", merged[k]) for k in ("seconds_per_step", "bandwidth",
+                                                                               "latency")}
+        profiles[name] = DeviceProfile(name, nums["seconds_per_step"], nums["bandwidth"], nums["latency"],
+                                       dict(merged["resources"]))
     mix = data.get("mix")
     if isinstance(mix, str):
         mix = parse_mix(mix)
     if not isinstance(mix, Mapping):
         raise ValueError("a fleet needs a [mix] table of CLASS = COUNT")
-    kw = {k: float(data[k]) for k in ("jitter", "dropout", "rejoin", "client_jitter") if k in data}
+    kw = {k: number(k, data[k]) for k in ("jitter", "dropout", "rejoin", "client_jitter") if k in data}
     return FleetSpec(dict(mix), profiles=profiles, **kw)

@@ -5,7 +5,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fedhive.client.metrics import AgentMetrics
 from fedhive.client.trainer import Trainer
-from fedhive.server.settings import task_settings
+from fedhive.runconfig import task_settings
 from fedhive.tasks import load_task
 
 

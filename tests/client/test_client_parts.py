@@ -21,7 +21,7 @@ from fedhive.client.agent import AgentOptions, node_config_string
 from fedhive.client.profile import DeviceProfile, classify, detect
 from fedhive.client.trainer import Trainer
 from fedhive.client.worker import Worker, WorkerError, call
-from fedhive.server.settings import task_settings
+from fedhive.runconfig import task_settings
 from fedhive.tasks import load_task
 
 SETTINGS = task_settings({"task": "synthetic"})
@@ -132,14 +132,17 @@ def test_node_config_string_refuses_spaces_and_single_quotes(value):
 
 @pytest.mark.parametrize("kwargs, words", [
     ({"device_class": "tpu"}, "device class 'tpu'"),
-    ({"partition_id": -1}, "partition-id"),
-    ({"partition_id": 3, "num_partitions": 3}, "partition-id"),
-    ({"num_partitions": 0}, "partition-id"),
+    ({"partition_id": -1}, "partition-id must be an integer >= 0, got -1"),
+    ({"partition_id": 3, "num_partitions": 3}, "partition-id 3 must be < num-partitions 3"),
+    ({"num_partitions": 0}, "num-partitions must be an integer >= 1, got 0"),
+    ({"partition_id": 1.5, "num_partitions": 3}, "partition-id must be an integer >= 0, got 1.5"),
+    ({"num_partitions": True}, "num-partitions must be an integer >= 1, got True"),
     ({"insecure": False}, "root-certificates"),
     ({"auth_private_key": "/k/node"}, "auth-supernode-public-key"),
     ({"auth_public_key": "/k/node.pub"}, "auth-supernode-private-key"),
-    ({"slowdown": 0.5}, "slowdown must be >= 1"),
-    ({"slowdown": float("nan")}, "slowdown must be >= 1"),
+    ({"slowdown": 0.5}, "slowdown must be a finite number >= 1, got 0.5"),
+    ({"slowdown": float("nan")}, "slowdown must be a finite number >= 1, got nan"),
+    ({"slowdown": "2"}, "slowdown must be a finite number >= 1, got '2'"),
 ])
 def test_agent_options_refuse_bad_values(kwargs, words):
     with pytest.raises(ValueError, match=words):
@@ -151,6 +154,9 @@ def test_agent_options_accept_good_values():
                      insecure=False, root_certificates="/ca.pem", auth_private_key="/k", auth_public_key="/k.pub",
                      slowdown=4.0)
     assert (o.partition_id, o.device_class, o.slowdown) == (2, "rpi-zero2", 4.0)
+    o = AgentOptions(superlink="x:1", partition_id=np.int64(1), num_partitions=4.0, slowdown=2)
+    assert (o.partition_id, o.num_partitions, o.slowdown) == (1, 4, 2.0)
+    assert type(o.partition_id) is int and type(o.num_partitions) is int and type(o.slowdown) is float
     assert AgentOptions(superlink="x:1").device_class == "auto"
 
 

@@ -48,10 +48,11 @@ def test_unknown_keys_are_refused_with_the_valid_ones_listed():
     ("local-steps", 2.5, "local-steps must be an integer >= 0"),
     ("local-steps", "20", "local-steps must be an integer >= 0"),
     ("local-steps", True, "local-steps must be an integer >= 0"),
-    ("max-time", "60", "max-time must be a number >= 0"),
-    ("max-time", True, "max-time must be a number >= 0"),
-    ("max-time", math.nan, "max-time must be a number >= 0"),
-    ("max-time", math.inf, "max-time must be a number >= 0"),
+    ("local-steps", math.inf, "local-steps must be an integer >= 0"),
+    ("max-time", "60", "max-time must be a finite number >= 0"),
+    ("max-time", True, "max-time must be a finite number >= 0"),
+    ("max-time", math.nan, "max-time must be a finite number >= 0"),
+    ("max-time", math.inf, "max-time must be a finite number >= 0"),
     ("strategy", 3, "strategy must be a string"),
     ("run-name", None, "run-name must be a string"),
 ])
@@ -68,9 +69,10 @@ def test_negative_numbers_are_refused(key, value):
 
 
 def test_target_accuracy_is_a_fraction():
-    with pytest.raises(ValueError, match="fraction"):
+    with pytest.raises(ValueError, match=r"run-config target-accuracy must be a finite number >= 0 and <= 1, "
+                                         r"got 85\.0"):
         RunSettings.from_config({"target-accuracy": 85.0})
-    with pytest.raises(ValueError, match="fraction"):
+    with pytest.raises(ValueError, match=r"target-accuracy must be a finite number >= 0 and <= 1, got 1\.01"):
         RunSettings.from_config({"target-accuracy": 1.01})
     s = RunSettings.from_config({"target-accuracy": 1, "max-time": 0.0})
     assert s["target-accuracy"] == 1.0 and isinstance(s["target-accuracy"], float)
@@ -85,7 +87,7 @@ def test_a_run_needs_a_stop_condition():
 
 
 def test_eval_interval_must_be_positive():
-    with pytest.raises(ValueError, match="eval-interval"):
+    with pytest.raises(ValueError, match=r"run-config eval-interval must be a finite number > 0, got 0\.0"):
         RunSettings.from_config({"eval-interval": 0.0})
 
 
@@ -107,6 +109,23 @@ def test_values_are_normalised():
     assert s.client_config() == {"lr": 0.01, "batch_size": 32}
     assert s.run_dir == Path("/tmp/x") and s.strategy_params == {"buffer_size": 3}
     assert RunSettings.from_config({"resume": "false"})["resume"] is False
+
+
+def test_numpy_values_are_normalised_to_python_ones():
+    np = pytest.importorskip("numpy")
+    s = RunSettings.from_config({"local-steps": np.int64(7), "max-time": np.float32(30.0), "seed": np.uint8(3)})
+    assert (s["local-steps"], s["max-time"], s["seed"]) == (7, 30.0, 3)
+    assert type(s["local-steps"]) is int and type(s["max-time"]) is float and type(s["seed"]) is int
+    with pytest.raises(ValueError, match="run-config local-steps must be an integer >= 0, got "):
+        RunSettings.from_config({"local-steps": np.bool_(True)})
+
+
+def test_the_keys_live_in_runconfig_and_settings_re_exports_them():
+    from fedhive import runconfig
+    from fedhive.server import settings
+
+    for name in ("DEFAULTS", "KEYS", "TASK_KEYS", "format_run_config", "parse_kv", "task_settings"):
+        assert getattr(settings, name) is getattr(runconfig, name)
 
 
 def test_bad_strategy_params_fail_early():
@@ -137,7 +156,7 @@ def test_parse_kv_json():
 
 @pytest.mark.parametrize("text", ["a", "a=1,", "=3", "a=1,,b=2"])
 def test_parse_kv_refuses_items_without_a_key(text):
-    with pytest.raises(ValueError, match="is not KEY=VALUE"):
+    with pytest.raises(ValueError, match=r"bad p .*: write KEY=VALUE, e\.g\. 'k=v,k=v'"):
         parse_kv(text, "p")
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from fedhive.sim.profiles import DEVICE_CLASSES, PRESETS, FleetSpec, load_fleet, parse_mix, scale_mix
+from fedhive.sim.profiles import DEVICE_CLASSES, PRESETS, DeviceProfile, FleetSpec, load_fleet, parse_mix, scale_mix
 
 
 def test_builtin_classes_follow_the_benchmark():
@@ -16,8 +16,16 @@ def test_transfer_time():
 
 def test_mix_parsing_and_scaling():
     assert parse_mix("gpu=5, cpu=20,rpi4=25") == {"gpu": 5, "cpu": 20, "rpi4": 25}
-    with pytest.raises(ValueError, match="CLASS=COUNT"):
+    with pytest.raises(ValueError, match="bad device mix entry 'gpu:5': write CLASS=COUNT, e.g. gpu=5"):
         parse_mix("gpu:5")
+    assert parse_mix("gpu=5,cpu=2.0,") == {"gpu": 5, "cpu": 2}  # an integral float is a count
+    for text, bad in (("gpu=x", "'x'"), ("gpu=2.5", "2.5"), ("gpu=-1", "-1"), ("gpu=true", "True"),
+                      ("gpu=NaN", "nan")):
+        with pytest.raises(ValueError, match=f"device count for 'gpu' in the mix '{text}' must be an integer >= 0, "
+                                             f"got {bad}"):
+            parse_mix(text)
+    with pytest.raises(ValueError, match="empty device mix"):
+        parse_mix(" , ")
     assert scale_mix({"gpu": 5, "cpu": 20, "rpi4": 25}, 10) == {"gpu": 1, "cpu": 4, "rpi4": 5}
     assert sum(scale_mix({"gpu": 5, "cpu": 20, "rpi4": 25}, 1000).values()) == 1000
 
@@ -25,10 +33,28 @@ def test_mix_parsing_and_scaling():
 def test_fleet_validation_names_the_problem():
     with pytest.raises(ValueError, match="unknown device class 'tpu'; known: gpu, cpu"):
         FleetSpec({"tpu": 3})
-    with pytest.raises(ValueError, match="dropout is a probability"):
+    with pytest.raises(ValueError, match=r"dropout \(a probability per task\) must be a finite number >= 0 and < 1, "
+                                         r"got 1\.5"):
         FleetSpec({"cpu": 3}, dropout=1.5)
+    with pytest.raises(ValueError, match=r"jitter \(a log-normal sigma\) must be a finite number >= 0 and < 5"):
+        FleetSpec({"cpu": 3}, jitter="0.3")
+    with pytest.raises(ValueError, match="rejoin .* must be a finite number >= 0, got nan"):
+        FleetSpec({"cpu": 3}, rejoin=float("nan"))
+    with pytest.raises(ValueError, match="device count for 'cpu' must be an integer >= 0, got True"):
+        FleetSpec({"cpu": True})
+    with pytest.raises(ValueError, match="device class 'x': bandwidth must be a finite number > 0, got 0"):
+        DeviceProfile("x", 0.1, 0, 0.0)
+    with pytest.raises(ValueError, match="device class 'x': latency must be a finite number >= 0, got -0.1"):
+        DeviceProfile("x", 0.1, 1e6, -0.1)
     with pytest.raises(ValueError, match="neither a preset"):
         load_fleet("no-such-fleet")
+
+
+def test_fleet_counts_from_toml_json_or_numpy_become_ints():
+    np = pytest.importorskip("numpy")
+    fleet = FleetSpec({"cpu": 3.0, "gpu": np.int64(2)})
+    assert fleet.mix == {"cpu": 3, "gpu": 2} and all(type(n) is int for n in fleet.mix.values())
+    assert fleet.classes() == ["cpu"] * 3 + ["gpu"] * 2
 
 
 def test_toml_fleet_with_a_custom_class(tmp_path):
@@ -38,6 +64,12 @@ def test_toml_fleet_with_a_custom_class(tmp_path):
     fleet = load_fleet(f)
     assert fleet.size == 5 and fleet.classes() == ["cpu"] * 3 + ["jetson"] * 2
     assert fleet.profile("jetson").seconds_per_step == 0.02 and fleet.jitter == 0.1 and fleet.dropout == 0.02
+    f.write_text('dropout = "often"\n[mix]\ncpu = 3\n')
+    with pytest.raises(ValueError, match="dropout must be a finite number, got 'often'"):
+        load_fleet(f)
+    f.write_text('[mix]\ncpu = 3\n[classes.cpu]\nbandwidth = "fast"\n')
+    with pytest.raises(ValueError, match="device class 'cpu': bandwidth must be a finite number, got 'fast'"):
+        load_fleet(f)
     f.write_text("[mix]\ncpu = 3\n[speeds]\nx = 1\n")
     with pytest.raises(ValueError, match="unknown fleet setting"):
         load_fleet(f)
