@@ -7,8 +7,9 @@ that is a bug, and a test pins the sign here.)
 
 from __future__ import annotations
 
-import math
 from typing import Callable
+
+from .params import number
 
 StalenessFn = Callable[[int], float]
 
@@ -40,14 +41,10 @@ def make_staleness(kind: str = "polynomial", a: float | None = None, b: float | 
     if kind == "constant":
         return constant
     if kind == "polynomial":
-        pa = 0.5 if a is None else float(a)
-        if not math.isfinite(pa) or pa < 0:
-            raise ValueError(f"staleness_a must be a finite number >= 0 for polynomial staleness, got {a!r}")
+        pa = 0.5 if a is None else number("staleness_a (of polynomial staleness)", a, low=0)
         return lambda tau: polynomial(tau, pa)
     if kind == "hinge":
-        ha = 10.0 if a is None else float(a)
-        hb = 4.0 if b is None else float(b)
-        if ha < 0 or hb < 0:
-            raise ValueError(f"staleness_a and staleness_b must be >= 0 for hinge staleness, got a={a!r}, b={b!r}")
+        ha = 10.0 if a is None else number("staleness_a (of hinge staleness)", a, low=0)
+        hb = 4.0 if b is None else number("staleness_b (of hinge staleness)", b, low=0)
         return lambda tau: hinge(tau, ha, hb)
     raise ValueError(f"unknown staleness function {kind!r}; accepted: {', '.join(STALENESS_KINDS)}")

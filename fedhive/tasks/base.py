@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedhive.tasks.batched import _BatchedModel, _train_batched
-from fedhive.tasks.config import TrainConfig, TrainJob, _is_int, _is_real, _job_list
+from fedhive.strategies.params import integer, number
+from fedhive.tasks.config import TrainConfig, TrainJob, _job_list
 from fedhive.tasks.optimizers import _Optimizer
 from fedhive.tasks.partition import PARTITIONS
 from fedhive.tasks.runtime import _LRUCache, _one_torch_thread, _private_global_rng, _Replica
@@ -106,24 +107,21 @@ class LearningTask(ABC):
         seed: int = 0,
         device: str | torch.device = "cpu",
     ):
-        if not _is_int(num_clients) or num_clients < 1:
-            raise ValueError(f"num_clients must be an int >= 1, got {num_clients!r}")
+        num_clients = integer("num_clients", num_clients, low=1)
         if not isinstance(partition, str) or partition not in PARTITIONS:
             raise ValueError(f"partition must be one of {list(PARTITIONS)}, got {partition!r}")
-        if not _is_real(alpha) or not math.isfinite(float(alpha)) or float(alpha) <= 0:
-            raise ValueError(f"alpha (Dirichlet concentration) must be a finite number > 0, got {alpha!r}")
-        if not _is_int(seed) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        alpha = number("alpha (Dirichlet concentration)", alpha, low=0, low_open=True)
+        seed = integer("seed", seed, low=0)
         try:
             dev = torch.device(device)
         except (RuntimeError, TypeError) as exc:
             raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from exc
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} was asked for but torch sees no CUDA device; use 'cpu'")
-        self.num_clients = int(num_clients)
+        self.num_clients = num_clients
         self.partition = partition
-        self.alpha = float(alpha)
-        self.seed = int(seed)
+        self.alpha = alpha
+        self.seed = seed
         self.device = dev
         self._init_runtime()
 
@@ -183,9 +181,7 @@ class LearningTask(ABC):
     # ------------------------------------------------------------------ model bookkeeping
 
     def _check_client(self, client: int) -> int:
-        if not _is_int(client) or not 0 <= client < self.num_clients:
-            raise ValueError(f"client must be an int in [0, {self.num_clients}), got {client!r}")
-        return int(client)
+        return integer("client", client, low=0, high=self.num_clients - 1)
 
     def _build_seeded(self, seed: int) -> nn.Module:
         """Build the model under a private RNG state so the global torch RNG is untouched."""
@@ -217,9 +213,7 @@ class LearningTask(ABC):
 
         The same seed always gives the same arrays; the global torch RNG is left as it was.
         """
-        if not _is_int(seed):
-            raise ValueError(f"seed must be an int, got {seed!r}")
-        model = self._build_seeded(int(seed))
+        model = self._build_seeded(integer("seed", seed))
         return [t.detach().to("cpu", dtype=torch.float32, copy=True).numpy() for t in model.state_dict().values()]
 
     def param_names(self) -> list[str]:
@@ -315,8 +309,7 @@ class LearningTask(ABC):
             ``num_examples`` (of ``client``).
         """
         client = self._check_client(client)
-        if not _is_int(seed):
-            raise ValueError(f"seed must be an int, got {seed!r}")
+        seed = integer("seed", seed)
         cfg = TrainConfig.parse(config, self.default_lr, self.default_batch_size)
         replica = self._replica()
         replica.load(params)
@@ -329,7 +322,7 @@ class LearningTask(ABC):
         bs = min(cfg.batch_size, n)
 
         # The whole batch schedule up front (at least one batch, so that loss_before exists even for zero steps).
-        order = batch_schedule(int(seed), n, bs, max(steps, 1))
+        order = batch_schedule(seed, n, bs, max(steps, 1))
         if self.device.type != "cpu":
             order = order.to(self.device)
 
@@ -340,7 +333,7 @@ class LearningTask(ABC):
         losses: list[torch.Tensor] = []
         loss_before: torch.Tensor | None = None
         model.train()
-        with self._private_rng(int(seed)):
+        with self._private_rng(seed):
             if steps == 0 or cfg.fetch_step == 0:
                 # The first batch's loss must be measured at the starting params, before any fetch replaces them.
                 first = order[0]

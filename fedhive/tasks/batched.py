@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedhive.tasks.config import TrainConfig, TrainJob, _is_int, _job_list
+from fedhive.strategies.params import integer
+from fedhive.tasks.config import TrainConfig, TrainJob, _job_list
 from fedhive.tasks.optimizers import _BatchedOptimizer
 from fedhive.tasks.runtime import _one_torch_thread
 from fedhive.tasks.schedule import batch_schedule
@@ -93,8 +94,7 @@ def _train_batched(
     for i, job in enumerate(job_list):
         try:
             client = task._check_client(job.client)
-            if not _is_int(job.seed):
-                raise ValueError(f"seed must be an int, got {job.seed!r}")
+            seed = integer("seed", job.seed)
             cfg = TrainConfig.parse(job.config, task.default_lr, task.default_batch_size)
             if len(job.params) != len(shapes):
                 raise ValueError(
@@ -110,7 +110,7 @@ def _train_batched(
                 raise ValueError(f"client {client} has no training examples")
         except ValueError as exc:
             raise ValueError(f"jobs[{i}]: {exc}") from exc
-        parsed.append(_ParsedJob(i, job.params, client, cfg, int(job.seed), n, min(cfg.batch_size, n)))
+        parsed.append(_ParsedJob(i, job.params, client, cfg, seed, n, min(cfg.batch_size, n)))
 
     groups: dict[tuple[str, int], list[_ParsedJob]] = {}
     for p in parsed:

@@ -8,26 +8,16 @@ their own); :class:`TrainConfig` is that mapping parsed and checked once, so tra
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from fedhive.strategies.params import integer, number
 from fedhive.tasks.optimizers import OPTIMIZERS
 
 __all__ = ["TrainConfig", "TrainJob"]
-
-
-def _is_int(value: Any) -> bool:
-    """True for Python and numpy integers, false for bools (``True`` is an int to Python, never a step count)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 @dataclass(frozen=True)
@@ -53,44 +43,22 @@ class TrainConfig:
             Naming the key, the bad value and what is accepted.
         """
         if "local_steps" not in config:
-            raise ValueError("config must contain 'local_steps' (an int >= 0, the number of SGD steps to run)")
+            raise ValueError("config must contain 'local_steps' (an integer >= 0, the number of SGD steps to run)")
 
-        def get_int(key: str, default: int | None, low: int) -> int:
-            value = config.get(key, default)
-            # Configs that went through JSON or TOML may carry 20.0 for 20; accept integral floats.
-            if _is_real(value) and not _is_int(value) and float(value).is_integer():
-                value = int(value)
-            if not _is_int(value) or value < low:
-                raise ValueError(f"config['{key}'] must be an int >= {low}, got {value!r}")
-            return int(value)
-
-        def get_float(key: str, default: float, low: float, high: float = math.inf, strict: bool = False) -> float:
-            value = config.get(key, default)
-            ok = _is_real(value) and math.isfinite(float(value))
-            ok = ok and (float(value) > low if strict else float(value) >= low) and float(value) < high
-            if not ok:
-                bound = f"> {low}" if strict else f">= {low}"
-                if high != math.inf:
-                    bound += f" and < {high}"
-                raise ValueError(f"config['{key}'] must be a finite number {bound}, got {value!r}")
-            return float(value)
-
-        local_steps = get_int("local_steps", None, 0)
-        batch_size = get_int("batch_size", default_batch_size, 1)
-        lr = get_float("lr", default_lr, 0.0, strict=True)
+        # integer() also takes integral floats: configs that went through JSON or TOML may carry 20.0 for 20.
+        local_steps = integer("config['local_steps']", config["local_steps"], low=0)
+        batch_size = integer("config['batch_size']", config.get("batch_size", default_batch_size), low=1)
+        lr = number("config['lr']", config.get("lr", default_lr), low=0.0, low_open=True)
         optimizer = config.get("optimizer", "sgd")
         if not isinstance(optimizer, str) or optimizer.lower() not in OPTIMIZERS:
             raise ValueError(f"config['optimizer'] must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
-        momentum = get_float("momentum", 0.0, 0.0, 1.0)
-        weight_decay = get_float("weight_decay", 0.0, 0.0)
-        proximal_mu = get_float("proximal_mu", 0.0, 0.0)
+        momentum = number("config['momentum']", config.get("momentum", 0.0), low=0.0, high=1.0, high_open=True)
+        weight_decay = number("config['weight_decay']", config.get("weight_decay", 0.0), low=0.0)
+        proximal_mu = number("config['proximal_mu']", config.get("proximal_mu", 0.0), low=0.0)
         fetch_step = config.get("fetch_step")
         if fetch_step is not None:
-            if not _is_int(fetch_step):
-                raise ValueError(
-                    f"config['fetch_step'] must be an int in [0, local_steps) or absent, got {fetch_step!r}"
-                )
-            fetch_step = int(fetch_step)
+            # Any integer is accepted (out of range: see below); a non-integer is an error.
+            fetch_step = integer("config['fetch_step']", fetch_step)
             if not 0 <= fetch_step < local_steps:
                 # Out of range means "no fetch in this task" (e.g. a FedASMU fetch planned past the end); not an error.
                 fetch_step = None

@@ -27,7 +27,8 @@ from torch import nn
 from fedhive.tasks import partition as part
 from fedhive.tasks.base import LearningTask
 from fedhive.tasks.batched import _BatchedModel
-from fedhive.tasks.config import TrainJob, _is_int, _is_real
+from fedhive.strategies.params import integer, number
+from fedhive.tasks.config import TrainJob
 
 __all__ = ["MNIST1D", "ConvBase", "load_mnist1d", "cache_dir"]
 
@@ -344,24 +345,12 @@ class MNIST1D(LearningTask):
         size_sigma: float = 1.0,
     ):
         super().__init__(num_clients=num_clients, partition=partition, alpha=alpha, seed=seed, device=device)
-        if not _is_int(num_samples) or num_samples < 100:
-            raise ValueError(f"num_samples must be an int >= 100, got {num_samples!r}")
-        if not _is_real(train_split) or not 0.0 < float(train_split) < 1.0:
-            raise ValueError(f"train_split must be a number strictly between 0 and 1, got {train_split!r}")
-        if not _is_int(data_seed) or data_seed < 0:
-            raise ValueError(f"data_seed must be an int >= 0, got {data_seed!r}")
-        if not _is_int(validation_size) or validation_size < 0:
-            raise ValueError(f"validation_size must be an int >= 0, got {validation_size!r}")
-        if not _is_int(min_client_size) or min_client_size < 1:
-            raise ValueError(f"min_client_size must be an int >= 1, got {min_client_size!r}")
-        if not _is_real(size_sigma) or not float(size_sigma) >= 0:
-            raise ValueError(f"size_sigma must be a number >= 0, got {size_sigma!r}")
-        self.num_samples = int(num_samples)
-        self.train_split = float(train_split)
-        self.data_seed = int(data_seed)
-        self.validation_size = int(validation_size)
-        self.min_client_size = int(min_client_size)
-        self.size_sigma = float(size_sigma)
+        self.num_samples = integer("num_samples", num_samples, low=100)
+        self.train_split = number("train_split", train_split, low=0, high=1, low_open=True, high_open=True)
+        self.data_seed = integer("data_seed", data_seed, low=0)
+        self.validation_size = integer("validation_size", validation_size, low=0)
+        self.min_client_size = integer("min_client_size", min_client_size, low=1)
+        self.size_sigma = number("size_sigma", size_sigma, low=0)
 
         data = load_mnist1d(self.num_samples, self.train_split, self.data_seed)
         x, y = data["x"], data["y"]

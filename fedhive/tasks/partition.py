@@ -10,23 +10,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedhive.strategies.params import integer, number
+
 __all__ = ["iid", "dirichlet_label_skew", "size_skew", "PARTITIONS"]
 
 #: Names accepted by the ``partition`` keyword of every task.
 PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "size")
 
 
-def _check_counts(n: int, num_clients: int, min_size: int) -> None:
-    """Reject splits that cannot give every client ``min_size`` examples."""
-    if num_clients < 1:
-        raise ValueError(f"num_clients must be >= 1, got {num_clients}")
-    if min_size < 0:
-        raise ValueError(f"min_size must be >= 0, got {min_size}")
+def _check_counts(n: int, num_clients: int, min_size: int) -> tuple[int, int, int]:
+    """``(n, num_clients, min_size)`` as ints; rejects splits that cannot give every client ``min_size`` examples."""
+    n = integer("n", n, low=0)
+    num_clients = integer("num_clients", num_clients, low=1)
+    min_size = integer("min_size", min_size, low=0)
     if n < num_clients * min_size:
         raise ValueError(
             f"cannot give {num_clients} clients at least {min_size} examples each from {n} examples; "
             f"use at most {n // max(min_size, 1)} clients or a smaller min_size"
         )
+    return n, num_clients, min_size
 
 
 def iid(n: int, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -46,7 +48,7 @@ def iid(n: int, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
     list of numpy.ndarray
         Sorted ``int64`` index arrays, one per client.
     """
-    _check_counts(n, num_clients, 1)
+    n, num_clients, _ = _check_counts(n, num_clients, 1)
     perm = rng.permutation(n)
     return [np.sort(part).astype(np.int64) for part in np.array_split(perm, num_clients)]
 
@@ -95,10 +97,8 @@ def dirichlet_label_skew(
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must be one-dimensional, got shape {labels.shape}")
-    if not (np.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be a finite number > 0, got {alpha}")
-    n = len(labels)
-    _check_counts(n, num_clients, min_size)
+    alpha = number("alpha", alpha, low=0, low_open=True)
+    n, num_clients, min_size = _check_counts(len(labels), num_clients, min_size)
     fair_share = n / num_clients
     classes = np.unique(labels)
     by_class = [np.flatnonzero(labels == c) for c in classes]
@@ -162,9 +162,8 @@ def size_skew(
     list of numpy.ndarray
         Sorted ``int64`` index arrays, one per client, disjoint and covering ``range(n)``.
     """
-    if not (np.isfinite(sigma) and sigma >= 0):
-        raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
-    _check_counts(n, num_clients, min_size)
+    sigma = number("sigma", sigma, low=0)
+    n, num_clients, min_size = _check_counts(n, num_clients, min_size)
     weights = rng.lognormal(mean=0.0, sigma=sigma, size=num_clients)
     spare = n - num_clients * min_size
     exact = weights / weights.sum() * spare

@@ -43,7 +43,8 @@ from torch import nn
 
 from fedhive.tasks.base import LearningTask
 from fedhive.tasks.batched import _BatchedModel
-from fedhive.tasks.config import TrainJob, _is_int, _is_real
+from fedhive.strategies.params import integer, number
+from fedhive.tasks.config import TrainJob
 
 __all__ = ["Synthetic"]
 
@@ -135,34 +136,16 @@ class Synthetic(LearningTask):
         cache_clients: int = 1024,
     ):
         super().__init__(num_clients=num_clients, partition=partition, alpha=alpha, seed=seed, device=device)
-        for key, value in (("syn_alpha", syn_alpha), ("syn_beta", syn_beta), ("size_sigma", size_sigma)):
-            if not _is_real(value) or not math.isfinite(float(value)) or float(value) < 0:
-                raise ValueError(f"{key} must be a finite number >= 0, got {value!r}")
-        if not _is_int(min_client_size) or min_client_size < 2:
-            raise ValueError(
-                f"min_client_size must be an int >= 2 (one example to train, one to test), got {min_client_size!r}"
-            )
-        if not _is_int(samples_per_client) or samples_per_client < min_client_size:
-            raise ValueError(
-                f"samples_per_client must be an int >= min_client_size ({min_client_size}), got {samples_per_client!r}"
-            )
-        if not _is_real(test_fraction) or not 0.0 < float(test_fraction) < 1.0:
-            raise ValueError(f"test_fraction must be a number strictly between 0 and 1, got {test_fraction!r}")
-        if not _is_int(test_clients) or test_clients < 1:
-            raise ValueError(f"test_clients must be an int >= 1, got {test_clients!r}")
-        if not _is_int(validation_size) or validation_size < 0:
-            raise ValueError(f"validation_size must be an int >= 0, got {validation_size!r}")
-        if not _is_int(cache_clients) or cache_clients < 1:
-            raise ValueError(f"cache_clients must be an int >= 1, got {cache_clients!r}")
-        self.syn_alpha = float(syn_alpha)
-        self.syn_beta = float(syn_beta)
-        self.samples_per_client = int(samples_per_client)
-        self.size_sigma = float(size_sigma)
-        self.min_client_size = int(min_client_size)
-        self.test_fraction = float(test_fraction)
-        self.test_clients = min(int(test_clients), self.num_clients)
-        self.validation_size = int(validation_size)
-        self.cache_clients = int(cache_clients)
+        self.syn_alpha = number("syn_alpha", syn_alpha, low=0)
+        self.syn_beta = number("syn_beta", syn_beta, low=0)
+        self.size_sigma = number("size_sigma", size_sigma, low=0)
+        self.min_client_size = integer("min_client_size (one example to train, one to test)", min_client_size, low=2)
+        self.samples_per_client = integer("samples_per_client (at least min_client_size)",
+                                          samples_per_client, low=self.min_client_size)
+        self.test_fraction = number("test_fraction", test_fraction, low=0, high=1, low_open=True, high_open=True)
+        self.test_clients = min(integer("test_clients", test_clients, low=1), self.num_clients)
+        self.validation_size = integer("validation_size", validation_size, low=0)
+        self.cache_clients = integer("cache_clients", cache_clients, low=1)
         self.heterogeneous = partition == "dirichlet"
 
         # Per-client scalars for the whole fleet, vectorised: O(num_clients) numbers, no examples yet.
