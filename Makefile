@@ -22,7 +22,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/fedhive up
 
+# The dashboard test scrapes a real Prometheus: Debian's package, installed here when missing.
 test: $(STAMP)
+	command -v prometheus >/dev/null 2>&1 || apt-get install -y -q prometheus >/dev/null \
+		|| { apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null; }
 	$(PY) -m pytest -q
 
 clean:

@@ -3,14 +3,19 @@
 Weighted sum of K client models (float32) for models of 1M, 25M and 100M parameters, split in tensors of at most
 1M parameters. Reported side by side, in the same process, on the same inputs:
 
-- fedhive: ``fedhive.strategies.weighted_sum.weighted_sum`` (blocked, in place, no per-client temporaries);
+- fedhive: ``fedhive.strategies.weighted_sum.weighted_sum`` as the server app and the simulator run it (``--kernel
+  torch``, the default: torch's fused ``out.add_(x, alpha=c)``, installed by ``fedhive.engine.kernels.install`` for
+  tensors of ``FUSED_MIN`` elements or more), or numpy only (``--kernel numpy``: blocked, in place, no per-client
+  temporaries; numpy has no fused multiply-add);
 - copy: ``numpy.copyto`` of the same bytes (every client model copied once): the memory-bandwidth ceiling;
 - flower: ``flwr.serverapp.strategy.strategy_utils.aggregate_arrayrecords`` on ArrayRecords of the same arrays.
 
 GB/s counts the client bytes read (K × model bytes) per second. Best of ``--repeat`` runs. Every contender runs
-on one core (fedhive's kernel always does; see ``weighted_sum.py`` for why).
+on one core (numpy's ufuncs are single-threaded; the torch kernel sets one thread, see
+``fedhive.engine.kernels.torch_kernel``).
 
-    .venv/bin/python benchmarks/aggregate.py [--sizes 1,25,100] [--clients 10] [--repeat 3] [--out FILE]
+    .venv/bin/python benchmarks/aggregate.py [--sizes 1,25,100] [--clients 10] [--repeat 3] [--kernel torch]
+        [--no-flower] [--out FILE]
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from rich.console import Console
 from rich.table import Table
 
+from fedhive.engine import kernels
 from fedhive.strategies.weighted_sum import weighted_sum
 
 from machine import save
@@ -45,7 +51,7 @@ def best(fn, repeat: int) -> float:
     return min(times)
 
 
-def bench(millions: int, k: int, repeat: int, with_flower: bool) -> dict:
+def bench(millions: int, k: int, repeat: int, with_flower: bool, kernel: str) -> dict:
     rng = np.random.default_rng(millions)
     clients = [model(rng, millions * 1_000_000) for _ in range(k)]
     weights = [float(w) for w in rng.random(k) + 0.5]
@@ -63,7 +69,7 @@ def bench(millions: int, k: int, repeat: int, with_flower: bool) -> dict:
                 np.copyto(d, a)
 
     t_copy = best(copy_all, repeat)
-    row = {"params_millions": millions, "clients": k, "bytes": nbytes,
+    row = {"params_millions": millions, "clients": k, "bytes": nbytes, "kernel": kernel,
            "fedhive_s": t_ours, "copy_s": t_copy,
            "fedhive_gbps": nbytes / t_ours / 1e9, "copy_gbps": nbytes / t_copy / 1e9,
            "fedhive_updates_per_s": k / t_ours}
@@ -86,14 +92,18 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=10, help="K, client models per aggregation")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-flower", action="store_true", help="skip Flower's aggregate_arrayrecords")
+    ap.add_argument("--kernel", choices=("numpy", "torch"), default="torch",
+                    help="torch: as fedhive runs (the fused kernel installed); numpy: weighted_sum without it")
     ap.add_argument("--out", default="benchmarks/results/aggregate.json")
     args = ap.parse_args()
     console = Console()
+    if args.kernel == "torch" and not kernels.install():
+        raise SystemExit("--kernel torch needs torch installed")
     rows = []
     for m in (int(s) for s in args.sizes.split(",")):
         with console.status(f"{m}M parameters × {args.clients} clients"):
-            rows.append(bench(m, args.clients, args.repeat, not args.no_flower))
-    table = Table(title=f"Weighted sum of {args.clients} float32 models (best of {args.repeat})")
+            rows.append(bench(m, args.clients, args.repeat, not args.no_flower, args.kernel))
+    table = Table(title=f"Weighted sum of {args.clients} float32 models (best of {args.repeat}, {args.kernel} kernel)")
     for col in ("params", "fedhive GB/s", "copy GB/s", "fedhive / copy", "flower GB/s", "fedhive / flower",
                 "fedhive updates/s"):
         table.add_column(col, justify="right")

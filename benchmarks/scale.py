@@ -57,7 +57,7 @@ def tree_rss(pid: int) -> int:
 def one(clients: int, executor: str, updates: int, strategy: str, seed: int) -> dict:
     """One configuration, in this process: prints its figures as JSON."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from fedhive.server.orchestrator import Observer
+    from fedhive.engine import Observer
     from fedhive.sim.profiles import PRESETS, scale_mix
     from fedhive.sim.runner import SimConfig, run_sim
 

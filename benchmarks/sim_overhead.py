@@ -20,8 +20,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from fedhive.server.orchestrator import Orchestrator, StopCondition
-from fedhive.sim.virtual import VirtualTransport
+from fedhive.engine import Orchestrator, StopCondition, VirtualTransport
 from fedhive.strategies import build
 from fedhive.strategies.base import ClientInfo, Task, Update
 

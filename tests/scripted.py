@@ -6,8 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fedhive.server.orchestrator import Orchestrator, StopCondition
-from fedhive.sim.virtual import VirtualTransport
+from fedhive.engine import Orchestrator, StopCondition, VirtualTransport
 from fedhive.strategies import Strategy, build
 from fedhive.strategies.base import ClientInfo, Task, Update
 

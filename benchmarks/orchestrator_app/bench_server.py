@@ -16,7 +16,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedhive.server.grid_transport import GridTransport
-from fedhive.server.orchestrator import Observer, Orchestrator, StopCondition
+from fedhive.engine import Observer, Orchestrator, StopCondition
 from fedhive.strategies import build
 
 app = ServerApp()

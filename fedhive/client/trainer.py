@@ -11,7 +11,6 @@ Requests and replies are plain dicts (JSON-able) plus a list of arrays, so they 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -20,6 +19,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from fedhive import messages as M
+from fedhive.strategies.fedasmu import DevicePlan
+from fedhive.strategies.params import number
 
 log = logging.getLogger("fedhive.trainer")
 
@@ -37,11 +38,10 @@ def best_device() -> str:
 
 
 def _int(value: Any, what: str, low: int = 0) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{what} must be an integer >= {low}, got {value!r}")
-    return value
+    """:func:`fedhive.strategies.params.integer` ``>= low`` (integral floats and numpy integers in, an int out)."""
+    from fedhive.strategies.params import integer
+
+    return integer(what, value, low=low)
 
 
 class Trainer:
@@ -56,10 +56,9 @@ class Trainer:
     """
 
     def __init__(self, device: str | None = None, slowdown: float = 1.0) -> None:
-        if not (isinstance(slowdown, (int, float)) and math.isfinite(slowdown) and slowdown >= 1):
-            raise ValueError(f"slowdown must be a number >= 1, got {slowdown!r}")
+        slowdown = number("slowdown", slowdown, low=1)
         self.device = device
-        self.slowdown = float(slowdown)
+        self.slowdown = slowdown
         self._tasks: dict[tuple, Any] = {}
         self._lock = threading.Lock()
         self.requests = 0
@@ -122,21 +121,18 @@ class Trainer:
         task, pid = self.task(settings, node)
         config = dict(req["config"])
         seed = int(req.get("seed", 0))
-        base_version = int(config.get(M.VERSION, 0))
-        fetch = config.get("fetch_step")
-        steps = _int(config.get("local_steps", 1), "config local_steps")
+        claim = config.get(M.VERSION)
+        base_version = _int(claim if claim is not None else 0, f"config {M.VERSION}")
+        _int(config.get("local_steps", 1), "config local_steps")
         store = config.get(M.STORE_ADDRESS)
-        extra: dict[str, Any] = {}
+        plan = DevicePlan.of(config, base_version) if store else None
         compute = 0.0
-        if isinstance(fetch, int) and 0 < fetch < steps and store:
-            # FedASMU: train fetch_step steps, fetch the newest global model, mix it in, train the rest.
-            from fedhive.strategies.fedasmu import DeviceAdjuster
-
+        if plan is not None:
+            # FedASMU: train the first span, fetch the newest global model, mix it in, train the rest.
             from .fetch import FetchError, fetch_model
 
-            adj = DeviceAdjuster(config, base_version)
             c = time.perf_counter()
-            local, m1 = task.train(params, pid, {**config, "local_steps": fetch, "fetch_step": None}, seed=seed)
+            local, m1 = task.train(params, pid, plan.first_config(), seed=seed)
             compute += time.perf_counter() - c
             try:
                 version, fetched, nbytes = fetch_model(store, str(config.get(M.STORE_TOKEN, "")), base_version,
@@ -144,14 +140,11 @@ class Trainer:
             except FetchError as exc:
                 log.warning("FedASMU fetch failed, training on without it: %s", exc)
                 version, fetched, nbytes = base_version, None, 0
-            mixed = adj.adjust(local, fetched, version, m1.get("loss"))
+            mixed = plan.fuse(local, m1, fetched, version, nbytes)
             c = time.perf_counter()
-            out, metrics = task.train(mixed, pid, {**config, "local_steps": steps - fetch, "fetch_step": None},
-                                      seed=seed + 1)
+            out, metrics = task.train(mixed, pid, plan.rest_config(), seed=seed + 1)
             compute += time.perf_counter() - c
-            adj.feedback(metrics.get("loss", float("nan")))
-            extra.update(adj.report())
-            extra.update({"fetch_bytes": nbytes, "loss_before": m1.get("loss_before", float("nan")), "steps": steps})
+            metrics = plan.finish(metrics)
         else:
             config.pop("fetch_step", None)
             c = time.perf_counter()
@@ -159,8 +152,9 @@ class Trainer:
             compute += time.perf_counter() - c
         if self.slowdown > 1:
             time.sleep((self.slowdown - 1.0) * compute)
-        metrics = {**metrics, **extra}
         reply = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if claim is not None:
+            reply[M.VERSION] = base_version  # the server checks it against the version it sent
         reply["num-examples"] = int(task.num_examples(pid))
         reply["compute_seconds"] = compute
         reply["seconds"] = time.perf_counter() - t0

@@ -24,19 +24,25 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from fedhive import messages as M
+from fedhive.engine import Fanout, Observer, Orchestrator, RunResult, StopCondition, kernels
+from fedhive.engine import checkpoint as ckpt
+from fedhive.engine.build import strategy_for_task
 from fedhive.proto.modelfile import contiguous
 from fedhive.strategies.base import ClientInfo, Outcome, Strategy, Task, Update
 
-from . import checkpoint as ckpt
-from .build import Fanout, strategy_for_task
 from .grid_transport import GridTransport
-from .orchestrator import Observer, Orchestrator, RunResult, StopCondition
 from .settings import RunSettings
+
+if TYPE_CHECKING:
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+
+    from .model_store import ModelStore
 
 log = logging.getLogger("fedhive.server")
 
@@ -155,7 +161,7 @@ class RunStatus(Observer):
 class _Publisher(Observer):
     """Publishes every new global model to the model store (after updates and after timer-driven aggregations)."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: ModelStore) -> None:
         self.store = store
         self.strategy: Strategy | None = None
 
@@ -172,10 +178,11 @@ class _Publisher(Observer):
             self.store.publish(s.params, s.version)
 
 
-def run(grid: Any, run_config: Mapping[str, Any]) -> RunResult:
+def run(grid: Grid, run_config: Mapping[str, Any]) -> RunResult:
     """Run fedhive on ``grid`` with ``run_config``; returns the orchestrator's result."""
     from fedhive.tasks import load_task
 
+    kernels.install()  # the fused weighted sum for large tensors (fedhive.engine.kernels)
     settings = RunSettings.from_config(dict(run_config))
     run_dir = settings.run_dir.resolve()
     ckpt_dir = run_dir / "checkpoints"
@@ -186,7 +193,7 @@ def run(grid: Any, run_config: Mapping[str, Any]) -> RunResult:
 
     extra: dict[str, Any] = dict(settings.client_config())
     store = None
-    if settings["strategy"] == "fedasmu":
+    if strategy.needs_model_store:
         from .model_store import ModelStore
 
         certs = (settings["tls-certfile"], settings["tls-keyfile"]) if settings["tls-certfile"] else None
@@ -304,13 +311,13 @@ def plot_history(history: Sequence[dict], path: Path, label: str) -> None:
     plt.close(fig)
 
 
-def _make_app() -> Any:
+def _make_app() -> ServerApp:
     from flwr.serverapp import ServerApp
 
     server_app = ServerApp()
 
     @server_app.main()
-    def main(grid: Any, context: Any) -> None:
+    def main(grid: Grid, context: Context) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per pull otherwise
         run(grid, dict(context.run_config))

@@ -15,6 +15,11 @@ code  Flower's meaning                      failure reason
 8     the ClientApp process crashed         ``client_crashed``
 ====  ===================================  =================
 
+A reply that cannot be decoded (no arrays, arrays that do not decode, no ``num-examples``) is a ``Malformed`` event.
+A fedhive client echoes the version it trained from (``fedhive.version`` in its metrics); that claim goes into the
+``Update`` for the engine to check against its record of the task (a SuperNode that pairs a reply with the wrong
+message is caught there), and a stock ClientApp that says nothing leaves it ``None``.
+
 The clock is wall time (``time.monotonic``) from the start of the run; after a restart it continues from the
 checkpoint's time. Work in flight before a restart belonged to the old Flower run and is failed.
 """
@@ -24,14 +29,18 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from fedhive import messages as M
-from fedhive.strategies.base import ClientInfo, Task, Update
+from fedhive.engine.transport import Event, Failure, Malformed, Result, Transport
+from fedhive.strategies.base import ClientInfo, Dispatch, Update
+from fedhive.strategies.params import number
 
-from .transport import Dispatch, Event, Failure, Result, Transport
+if TYPE_CHECKING:
+    from flwr.app import ArrayRecord, Message
+    from flwr.serverapp import Grid
 
 log = logging.getLogger("fedhive.grid")
 
@@ -39,13 +48,6 @@ ERROR_REASONS = {2: "client_error", 3: "timeout", 5: "node_lost", 8: "client_cra
 
 # Flower 1.42's SuperNode sleeps this long between pulls when it has nothing to do (hard-coded).
 SUPERNODE_IDLE_POLL = 3.0
-
-
-@dataclass
-class _Sent:
-    task_id: int
-    task: Task
-    sent_at: float
 
 
 @dataclass
@@ -76,18 +78,16 @@ class GridTransport(Transport):
         With nothing in flight and no deadline, :meth:`wait` gives up after this many seconds without a change.
     """
 
-    def __init__(self, grid: Any, param_names: Sequence[str], *, ttl: float = 600.0, poll_interval: float = 0.05,
+    def __init__(self, grid: Grid, param_names: Sequence[str], *, ttl: float = 600.0, poll_interval: float = 0.05,
                  membership_interval: float = 1.0, profile_ttl: float = 60.0,
                  extra_config: Mapping[str, Any] | None = None, idle_timeout: float = 600.0,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
-        if not ttl > 0:
-            raise ValueError(f"ttl must be > 0 seconds, got {ttl!r}")
-        if not poll_interval > 0:
-            raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
+        ttl = number("ttl (seconds)", ttl, low=0, low_open=True)
+        poll_interval = number("poll_interval (seconds)", poll_interval, low=0, low_open=True)
         self.grid = grid
         self.param_names = list(param_names)
-        self.ttl = float(ttl)
-        self.poll_interval = float(poll_interval)
+        self.ttl = ttl
+        self.poll_interval = poll_interval
         self.membership_interval = float(membership_interval)
         self.profile_ttl = float(profile_ttl)
         self.extra_config = dict(extra_config or {})
@@ -100,11 +100,11 @@ class GridTransport(Transport):
         self._membership = 0
         self._online: set[int] = set()
         self._next_membership = -1.0
-        self._sent: dict[str, _Sent] = {}  # message id -> task
+        self._sent: dict[str, Dispatch] = {}  # message id -> the engine's record of its task
         self._queries: dict[str, _Query] = {}  # message id -> profile query
         self._queried: set[int] = set()
         self._pending: list[Event] = []
-        self._record_cache: tuple[int, Any] | None = None  # (id of params list, ArrayRecord)
+        self._record_cache: tuple[int, ArrayRecord] | None = None  # (model version, its ArrayRecord)
         self._bytes = 0
         self.replies = 0
         self.push_seconds = 0.0
@@ -181,19 +181,21 @@ class GridTransport(Transport):
         log.info("node %s joined: %s, %d examples%s", node, device_class, num_examples, f" ({why})" if why else "")
 
     # ------------------------------------------------------------------ dispatch
-    def _record(self, params: Sequence[np.ndarray]) -> Any:
+    def _record(self, version: int, params: Sequence[np.ndarray]) -> ArrayRecord:
+        """The model at ``version`` as an ArrayRecord, encoded once per version (every task at a version carries it)."""
         cached = self._record_cache
-        if cached is not None and cached[0] is params:
+        if cached is not None and cached[0] == version:
             return cached[1]
         record = M.to_array_record(params, self.param_names)
-        self._record_cache = (params, record)
+        self._record_cache = (version, record)
         return record
 
-    def dispatch(self, task_id: int, task: Task, params: Sequence[np.ndarray]) -> None:
+    def dispatch(self, sent: Dispatch) -> None:
         from flwr.app import Message, RecordDict
 
+        task_id, task, params = sent.task_id, sent.task, sent.params
         config = {**self.extra_config, **task.config, M.TASK_ID: task_id, M.VERSION: task.version}
-        content = RecordDict({M.ARRAYS: self._record(params), M.CONFIG: M.to_config_record(config)})
+        content = RecordDict({M.ARRAYS: self._record(task.version, params), M.CONFIG: M.to_config_record(config)})
         msg = Message(content, dst_node_id=task.node_id, message_type="train", ttl=self.ttl,
                       group_id=str(task.version))
         t = time.perf_counter()
@@ -204,7 +206,7 @@ class GridTransport(Transport):
             log.warning("the SuperLink refused task %s for node %s", task_id, task.node_id)
             self._pending.append(Failure(task_id, task.node_id, "push_refused", now))
             return
-        self._sent[ids[0]] = _Sent(task_id, task, now)
+        self._sent[ids[0]] = sent
         self._bytes += sum(int(p.nbytes) for p in params)
 
     # ------------------------------------------------------------------ waiting
@@ -256,7 +258,7 @@ class GridTransport(Transport):
                 del self._queries[mid]
                 self._join(q.node_id, {}, "no answer to the profile query")
 
-    def _on_profile(self, q: _Query, reply: Any) -> None:
+    def _on_profile(self, q: _Query, reply: Message) -> None:
         if reply.has_error():
             self._join(q.node_id, {}, f"profile query error {reply.error.code}: not a fedhive client")
             return
@@ -266,7 +268,7 @@ class GridTransport(Transport):
             profile = {}
         self._join(q.node_id, profile)
 
-    def _on_reply(self, sent: _Sent, reply: Any, now: float) -> Event:
+    def _on_reply(self, sent: Dispatch, reply: Message, now: float) -> Event:
         node = sent.task.node_id
         if reply.has_error():
             code = int(reply.error.code)
@@ -288,9 +290,12 @@ class GridTransport(Transport):
             if "loss" not in metrics and "train_loss" in metrics:
                 metrics["loss"] = metrics["train_loss"]
         except (ValueError, KeyError, TypeError) as exc:
-            return Result(sent.task_id, Update(src, sent.task.version, [], 0, {}), now, {"malformed": str(exc)})
+            return Malformed(sent.task_id, src, str(exc), now)
+        claim = metrics.pop(M.VERSION, None)
+        if isinstance(claim, float) and claim.is_integer():
+            claim = int(claim)
         self._bytes += sum(int(p.nbytes) for p in params)
-        return Result(sent.task_id, Update(src, sent.task.version, params, n, metrics), now)
+        return Result(sent.task_id, Update(src, claim, params, n, metrics), now)
 
     # ------------------------------------------------------------------ the end of a run
     def settle(self, grace: float = SUPERNODE_IDLE_POLL + 3.0, limit: float = 20.0) -> int:
@@ -322,9 +327,9 @@ class GridTransport(Transport):
         return late
 
     # ------------------------------------------------------------------ restarts
-    def restore(self, now: float, in_flight: Sequence[tuple[Dispatch, Sequence[np.ndarray]]]) -> list[int]:
+    def restore(self, now: float, in_flight: Sequence[Dispatch]) -> list[int]:
         self._offset = float(now) - (self._clock() - self._t0)
-        return [d.task_id for d, _ in in_flight]
+        return [d.task_id for d in in_flight]
 
     @property
     def bytes_moved(self) -> int:

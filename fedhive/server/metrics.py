@@ -1,22 +1,26 @@
 """Prometheus metrics of the server app (prometheus-client), fed by the orchestrator's observer hooks.
 
 Names carry the ``fedhive_`` prefix and base units; counters end in ``_total``; durations and staleness are
-histograms; the only label on per-update series is ``device_class`` (never a client id). Strategy gauges: FedBuff's
-buffer fill, FedCompass's open groups and general buffer, FedASMU's last ``α``.
+histograms; the only label on per-update series is ``device_class`` (never a client id). Strategy gauges are what
+``Strategy.gauges()`` returns: FedBuff's buffer fill, FedCompass's open groups and general buffer, FedASMU's last ``α``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily
 
 from fedhive import exposition
+from fedhive.engine import Observer
 from fedhive.strategies.base import ClientInfo, Outcome, Strategy, Task, Update
 
-from .orchestrator import Observer
+if TYPE_CHECKING:
+    from fedhive.engine import Transport
+
+    from .model_store import ModelStore
 
 log = logging.getLogger("fedhive.metrics")
 
@@ -33,7 +37,7 @@ class _StoreCollector:
     """Model-store requests as a counter, read from the store's own tallies at scrape time."""
 
     def __init__(self) -> None:
-        self.store: Any = None
+        self.store: ModelStore | None = None
 
     def collect(self):
         c = CounterMetricFamily("fedhive_model_store_requests", "Model store GetModel calls, by result",
@@ -49,7 +53,7 @@ class _StoreCollector:
 class ServerMetrics(Observer):
     """The server's metrics in their own registry (``registry``); :meth:`serve` also exposes them over HTTP."""
 
-    def __init__(self, transport: Any = None, registry: CollectorRegistry | None = None, *,
+    def __init__(self, transport: Transport | None = None, registry: CollectorRegistry | None = None, *,
                  simulated: bool = False) -> None:
         r = self.registry = registry or CollectorRegistry()
         self.transport = transport
@@ -82,8 +86,8 @@ class ServerMetrics(Observer):
         self.bytes.set_function(lambda: float(getattr(self.transport, "bytes_moved", 0) or 0))
         self.strategy_gauge = Gauge("fedhive_strategy_state", "Strategy-specific state: fedbuff buffer_fill, "
                                     "fedcompass open_groups and buffered, fedasmu alpha", ["name"], registry=r)
-        self.aggregation = Histogram("fedhive_aggregation_duration_seconds", "Time the strategy took for an update "
-                                     "or timer that changed the global model", buckets=AGGREGATION_BUCKETS, registry=r)
+        self.aggregation = Histogram("fedhive_aggregation_duration_seconds", "Time the strategy took for an "
+                                     "update, timer or failure that changed the global model", buckets=AGGREGATION_BUCKETS, registry=r)
         self.update_bytes = Histogram("fedhive_update_size_bytes", "Model bytes in each client update",
                                       buckets=BYTES_BUCKETS, registry=r)
         self.bytes_received = Counter("fedhive_received_bytes", "Model bytes received in client updates",
@@ -96,7 +100,7 @@ class ServerMetrics(Observer):
         self._classes: set[str] = set()
         self._http: Any = None
 
-    def watch_store(self, store: Any) -> None:
+    def watch_store(self, store: ModelStore) -> None:
         """Export the model store's request tallies."""
         self._store.store = store
 
@@ -106,7 +110,7 @@ class ServerMetrics(Observer):
         self._http = None
 
     @classmethod
-    def serve(cls, address: str, transport: Any = None, *, simulated: bool = False) -> "ServerMetrics":
+    def serve(cls, address: str, transport: Transport | None = None, *, simulated: bool = False) -> "ServerMetrics":
         """Metrics exposed at ``http://address/metrics`` (``HOST:PORT``).
 
         Raises
@@ -152,12 +156,14 @@ class ServerMetrics(Observer):
 
     def on_aggregate(self, seconds: float, now: float) -> None:
         self.aggregation.observe(seconds)
+        self._after_change()
 
     def on_reject(self, reason: str, node_id: int, now: float) -> None:
         self.updates.labels("rejected", reason, "unknown").inc()
 
     def on_failure(self, node_id: int, reason: str, now: float) -> None:
         self.failures.labels(reason).inc()
+        self._after_change()
 
     def on_evaluate(self, record: dict, now: float) -> None:
         self.accuracy.set(record["accuracy"])
@@ -177,12 +183,5 @@ class ServerMetrics(Observer):
             self._strategy_state()
 
     def _strategy_state(self) -> None:
-        s = self.strategy
-        name = getattr(s, "name", "")
-        if name == "fedbuff":
-            self.strategy_gauge.labels("buffer_fill").set(s.buffer_fill)  # type: ignore[union-attr]
-        elif name == "fedcompass":
-            self.strategy_gauge.labels("open_groups").set(sum(g["open"] for g in s.groups))  # type: ignore[union-attr]
-            self.strategy_gauge.labels("buffered").set(s.buffered)  # type: ignore[union-attr]
-        elif name == "fedasmu":
-            self.strategy_gauge.labels("alpha").set(s.last_alpha)  # type: ignore[union-attr]
+        for name, value in self.strategy.gauges().items():  # type: ignore[union-attr]
+            self.strategy_gauge.labels(name).set(value)

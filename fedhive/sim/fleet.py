@@ -11,27 +11,29 @@ the executor as a chunk once ``chunk_size`` are waiting, or when the simulation 
 from the event sequence alone, so the result is the same for every executor and worker count. A chunk asks the
 executor for the largest resources of its devices' classes (a chunk with a GPU-class job asks for a GPU share).
 
-FedASMU tasks (``fetch_step`` in their config) train in two jobs: the first ``fetch_step`` steps; then, at the
-virtual moment the device reaches that step, it asks the server for the newest model (a function call standing in
-for the model store; its bytes are counted), mixes it in with ``DeviceAdjuster``, and trains the remaining steps.
+FedASMU tasks (``fetch_step`` in their config) follow FedASMU's :class:`DevicePlan`, as the device trainer does: a
+job for the first span; then, at the virtual moment the device reaches that step, it asks the server for the newest
+model (a function call standing in for the model store; its bytes are counted), fuses it in, and a second job trains
+the remaining steps.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
-from fedhive.server.transport import Event, Result
-from fedhive.strategies.base import ClientInfo, Task, Update
-from fedhive.strategies.fedasmu import DeviceAdjuster
+from fedhive.engine.transport import Event, Result
+from fedhive.engine.virtual import _DONE, _FAIL, VirtualTransport
+from fedhive.strategies.base import ClientInfo, Dispatch, Task, Update
+from fedhive.strategies.fedasmu import DevicePlan
+from fedhive.strategies.params import integer
 from fedhive.tasks import LearningTask
 from fedhive.tasks.base import TrainJob
 
 from .executor import Executor, Handle
 from .profiles import FleetSpec
-from .virtual import _DONE, _FAIL, VirtualTransport
 
 _FETCH, _DROP, _REJOIN = 16, 17, 18
 _REJOIN_SALT = 0x5EED
@@ -52,15 +54,13 @@ class _Job:
 
 @dataclass
 class _Flight:
-    task: Task
-    params: Sequence[np.ndarray]
-    sent_at: float
+    """What the fleet adds to the engine's record of a task in flight: its jitter, its jobs, its FedASMU plan."""
+
+    sent: Dispatch
     factor: float
     job: _Job | None = None
     phase1: _Job | None = None
-    adjuster: DeviceAdjuster | None = None
-    fetch_bytes: int = 0
-    extra: dict = field(default_factory=dict)
+    plan: DevicePlan | None = None
 
 
 def _seed(*parts: int) -> int:
@@ -97,14 +97,13 @@ class SimTransport(VirtualTransport):
         if fleet.size != task.num_clients:
             raise ValueError(f"the fleet has {fleet.size} devices but the task is split for {task.num_clients} "
                              "clients; they must match")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
+        chunk_size = integer("chunk_size", chunk_size, low=1)
         self.task = task
         self.fleet = fleet
         self.seed = int(seed)
         self.executor = executor
         self.cost_factor = float(cost_factor)
-        self.chunk_size = int(chunk_size)
+        self.chunk_size = chunk_size
         self.global_model = global_model
         self.client_config = dict(client_config or {})
         self.model_bytes = int(task.model_bytes())
@@ -148,10 +147,10 @@ class SimTransport(VirtualTransport):
         raise AssertionError("SimTransport trains through its executor")
 
     # ------------------------------------------------------------------ dispatch
-    def _schedule(self, task_id: int, task: Task, params: Sequence[np.ndarray], sent_at: float, *,
-                  count_bytes: bool = True) -> None:
+    def _schedule(self, sent: Dispatch, *, count_bytes: bool = True) -> None:
+        task_id, task, params, sent_at = sent.task_id, sent.task, sent.params, sent.sent_at
         node = task.node_id
-        self._tasks[task_id] = (task, params)
+        self._tasks[task_id] = sent
         if node not in self._clients:
             self._push(sent_at, _FAIL, task_id)  # sent to a device that has left: it never arrives
             return
@@ -159,17 +158,17 @@ class SimTransport(VirtualTransport):
             self._bytes += self.model_bytes
         steps = int(task.config.get("local_steps", 1))
         factor, drop, when = self._draws(node, task_id)
-        flight = _Flight(task, params, sent_at, factor)
+        flight = _Flight(sent, factor)
         self._flights[task_id] = flight
         if self.fleet.dropout and drop < self.fleet.dropout:
             self._push(sent_at + when * self.task_duration(node, task_id, steps), _DROP, task_id)
             return
-        fetch = task.config.get("fetch_step")
-        prof = self.fleet.profile(self.classes[node])
-        if isinstance(fetch, int) and 0 < fetch < steps and self.global_model is not None:
-            flight.adjuster = DeviceAdjuster(task.config, task.version)
-            flight.phase1 = self._enqueue(node, task_id, params, dict(task.config, local_steps=fetch), phase=1)
-            t_fetch = sent_at + (prof.transfer(self.model_bytes) + self.compute_seconds(node, fetch)) * factor
+        plan = DevicePlan.of(task.config, task.version) if self.global_model is not None else None
+        if plan is not None:
+            prof = self.fleet.profile(self.classes[node])
+            flight.plan = plan
+            flight.phase1 = self._enqueue(node, task_id, params, plan.first_config(), phase=1)
+            t_fetch = sent_at + (prof.transfer(self.model_bytes) + self.compute_seconds(node, plan.first)) * factor
             self._push(t_fetch, _FETCH, task_id)
             return
         flight.job = self._enqueue(node, task_id, params, dict(task.config), phase=0)
@@ -219,27 +218,24 @@ class SimTransport(VirtualTransport):
         flight = self._flights.get(task_id)
         if flight is None or task_id not in self._tasks:
             return
-        task = flight.task
+        task = flight.sent.task
         node = task.node_id
         prof = self.fleet.profile(self.classes[node])
-        assert flight.phase1 is not None and flight.adjuster is not None and self.global_model is not None
+        plan = flight.plan
+        assert flight.phase1 is not None and plan is not None and self.global_model is not None
         local, metrics1 = self._result(flight.phase1)
         g_params, g_version = self.global_model()
-        adj = flight.adjuster
         newer = g_version != task.version
-        mixed = adj.adjust(local, list(g_params) if newer else None, g_version, metrics1.get("loss"))
+        nbytes = self.model_bytes if newer else 0
+        mixed = plan.fuse(local, metrics1, list(g_params) if newer else None, g_version, nbytes)
         self.fetch_count += 1
         self.fetch_log.append((t, task_id, int(g_version)))
-        nbytes = self.model_bytes if newer else 0
         self.fetch_bytes += nbytes
         self._bytes += nbytes
-        flight.fetch_bytes = nbytes
-        flight.extra = {"loss_phase1": metrics1.get("loss"), "loss_before": metrics1.get("loss_before")}
-        steps = int(task.config.get("local_steps", 1))
-        rest = steps - int(task.config["fetch_step"])
-        flight.job = self._enqueue(node, task_id, mixed, dict(task.config, local_steps=rest), phase=2)
+        flight.job = self._enqueue(node, task_id, mixed, plan.rest_config(), phase=2)
         fetch_time = (2 * prof.latency + nbytes / prof.bandwidth) * flight.factor
-        done = t + fetch_time + (self.compute_seconds(node, rest) + prof.transfer(self.model_bytes)) * flight.factor
+        done = t + fetch_time + (self.compute_seconds(node, plan.rest) + prof.transfer(self.model_bytes)) \
+            * flight.factor
         self._push(done, _DONE, task_id)
 
     def _drop(self, task_id: int, t: float, events: list[Event]) -> None:
@@ -247,7 +243,7 @@ class SimTransport(VirtualTransport):
         self._flights.pop(task_id, None)
         if task_id not in self._tasks:
             return
-        node = self._tasks[task_id][0].node_id
+        node = self._tasks[task_id].task.node_id
         self._leave(node, t, events, reason="dropout")
         rejoin = self.fleet.rejoin
         delay = float(np.random.default_rng([self.seed, node, task_id, _REJOIN_SALT]).exponential(rejoin)) \
@@ -255,21 +251,14 @@ class SimTransport(VirtualTransport):
         self._push(t + delay, _REJOIN, node)
 
     def _complete(self, task_id: int, t: float) -> list[Event]:
-        entry = self._tasks.pop(task_id, None)
+        sent = self._tasks.pop(task_id, None)
         flight = self._flights.pop(task_id, None)
-        if entry is None or flight is None or flight.job is None:
+        if sent is None or flight is None or flight.job is None:
             return []
-        task, _ = entry
+        task = sent.task
         params, metrics = self._result(flight.job)
-        metrics = dict(metrics)
-        metrics["seconds"] = t - flight.sent_at
-        if flight.adjuster is not None:
-            adj = flight.adjuster
-            adj.feedback(metrics.get("loss", float("nan")))
-            metrics.update(adj.report())
-            metrics["steps"] = int(task.config.get("local_steps", 1))
-            metrics["loss_before"] = flight.extra.get("loss_before", metrics.get("loss_before"))
-            metrics["fetch_bytes"] = flight.fetch_bytes
+        metrics = dict(metrics) if flight.plan is None else flight.plan.finish(metrics)
+        metrics["seconds"] = t - sent.sent_at
         self._bytes += self.model_bytes
         n = self.task.num_examples(task.node_id)
         return [Result(task_id, Update(task.node_id, task.version, params, n, metrics), t)]

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 
-from fedhive.server.build import Fanout, strategy_for_task
-from fedhive.server.orchestrator import Observer, Orchestrator, StopCondition
+from fedhive.engine import Fanout, Observer, Orchestrator, StopCondition, kernels
+from fedhive.engine.build import strategy_for_task
 from fedhive.strategies.base import Strategy
 from fedhive.tasks import LearningTask
 
@@ -117,6 +117,7 @@ def run_sim(cfg: SimConfig, *, progress: bool = False, observer: Observer | None
     """Run ``cfg`` and return the results JSON (``fedhive sim --out`` writes the same)."""
     if not cfg.budget > 0:
         raise ValueError(f"budget must be a number of virtual seconds > 0, got {cfg.budget!r}")
+    kernels.install()  # the fused weighted sum for large tensors (fedhive.engine.kernels)
     task, spec = make_task(cfg)
     strategy = make_strategy(cfg, task)
     executor = make_executor(cfg.executor, task, spec, workers=cfg.workers, ray_address=cfg.ray_address,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Mapping
 
-from .base import APPLIED, BUFFERED, ClientInfo, Outcome, Strategy, Task, Update, VersionHistory
+from .base import APPLIED, BUFFERED, ClientInfo, Dispatch, Outcome, Strategy, Task, Update
 from .fedasmu import FedASMU
 from .fedasync import FedAsync
 from .fedavg import FedAvg
@@ -61,5 +61,5 @@ def _lookup(name: str) -> type[Strategy]:
 
 __all__ = [
     "APPLIED", "BUFFERED", "ClientInfo", "FedASMU", "FedAsync", "FedAvg", "FedBuff", "FedCompass", "FedFix",
-    "Outcome", "STRATEGIES", "Strategy", "Task", "Update", "VersionHistory", "build", "parameters",
+    "Dispatch", "Outcome", "STRATEGIES", "Strategy", "Task", "Update", "build", "parameters",
 ]

@@ -2,19 +2,31 @@
 
 A strategy is a deterministic state machine driven by events (see ``shared/DESIGN.md``). It owns the global
 model and its version. Time always comes in as ``now``; a strategy never reads a clock, sleeps, starts a thread,
-does I/O or imports Flower. The engine (the orchestrator) guarantees, for every client:
+does I/O or imports Flower. The engine (the orchestrator) owns the work in flight and guarantees, for every client:
 
 - ``on_idle`` is only called while the client has no task in flight;
-- every task a strategy hands out ends in exactly one ``on_update`` or ``on_failure`` (a result that the
-  orchestrator rejects as malformed is reported as ``on_failure``), unless the run stops first;
+- every task a strategy hands out ends in exactly one ``on_update`` or ``on_failure``, each given the engine's
+  :class:`Dispatch` record of that task (the task, when it was sent, the model it was sent with); a reply the
+  engine rejects (malformed, wrong version, bad arrays) ends as ``on_failure``. Strategies therefore keep no busy
+  maps, dispatch times or model histories of their own;
+- every handler that may change the model (``on_update``, ``on_failure``, ``on_timer``) is called
+  through one engine path that reports the change (metrics, model store, evaluation and checkpoint schedule);
 - events come one at a time, in time order.
+
+Re-asking parked clients: a client told "nothing yet" (``on_idle`` returned ``None``) is asked again after every
+event the strategy handles (update, failure, timer, membership change). A strategy that parks many clients can
+narrow this by setting ``tracks_wakeups = True``: the engine then asks parked clients again only when
+:attr:`Strategy.wake_epoch` changed, which every model change does by itself (``_commit``) and which the strategy
+bumps with ``_poke()`` whenever parked clients may get work without a model change (a slot freed, a round
+restarted). Forgetting a ``_poke`` in such a strategy stalls clients, so only opt in with a test.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -42,37 +54,55 @@ class ClientInfo:
     device_class: str = "unknown"
 
 
+def frozen_config(config: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """``config`` as a read-only mapping (a strategy builds a config it reuses for every task once, with this)."""
+    if config is None:
+        return _EMPTY
+    return config if type(config) is MappingProxyType else MappingProxyType(dict(config))
+
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True, init=False)
 class Task:
     """Work for one client: train on the global model at ``version`` with ``config``.
 
     ``config`` always carries ``local_steps``; strategies add what their clients need (FedASMU's fetch step and
-    mixing parameters, FedAsync's proximal term). It is read-only: a strategy whose config never changes hands the
-    same dict to every task (at 10,000 tasks in flight, 10,000 copies of one dict cost the engine ~5 % of its speed),
-    so a transport or client that needs another config copies it (``dict(task.config, local_steps=...)``).
+    mixing parameters, FedAsync's proximal term). It is a read-only mapping, shared by every task a strategy
+    makes with the same settings; a transport or client that needs another config makes a new one
+    (``{**task.config, "local_steps": 5}``).
     """
 
     node_id: int
     version: int
-    config: dict
+    config: Mapping[str, Any]
 
-    def __init__(self, node_id: int, version: int, config: dict | None = None) -> None:
+    def __init__(self, node_id: int, version: int, config: Mapping[str, Any] | None = None) -> None:
         _task_node_id(self, node_id)  # (see _slots below)
         _task_version(self, version)
-        _task_config(self, {} if config is None else config)
+        _task_config(self, config if type(config) is MappingProxyType else frozen_config(config))
+
+    def __reduce__(self) -> tuple:  # a read-only mapping does not pickle; its contents do
+        return (Task, (self.node_id, self.version, dict(self.config)))
 
 
 @dataclass(frozen=True, slots=True, init=False)
 class Update:
-    """A client's result: its trained model, the version it started from, its examples and metrics."""
+    """A client's result: its trained model, its examples and metrics.
+
+    ``base_version`` is the version the client *says* it trained from, or ``None`` where the reply does not say
+    (a stock Flower ClientApp). Strategies never read it: the version a task was sent at is the engine's
+    ``Dispatch.task.version``. The engine rejects a reply whose claim disagrees with its record.
+    """
 
     node_id: int
-    base_version: int
+    base_version: int | None
     params: Params
     num_examples: int
     metrics: dict
 
-    def __init__(self, node_id: int, base_version: int, params: Params, num_examples: int,
+    def __init__(self, node_id: int, base_version: int | None, params: Params, num_examples: int,
                  metrics: dict | None = None) -> None:
         _update_node_id(self, node_id)
         _update_base_version(self, base_version)
@@ -89,6 +119,22 @@ def _slots(cls: type) -> tuple:
     The instances stay frozen: assigning to a field still raises ``FrozenInstanceError``.
     """
     return tuple(cls.__dict__[f].__set__ for f in cls.__slots__)
+
+
+@dataclass(slots=True)
+class Dispatch:
+    """The engine's record of a task in flight, handed to the strategy with the task's outcome.
+
+    ``task_id`` is unique within a run; ``sent_at`` is the engine's time at dispatch; ``params`` is the global model
+    the task was sent with (read-only arrays; one list shared by every task sent at that version), so a strategy
+    computes ``Δ = w(sent) − w_i`` from it and keeps no model history of its own. Read-only by convention (a plain
+    slotted class, not a frozen one: the engine builds one per task, and frozen setters cost ~1 µs an event).
+    """
+
+    task_id: int
+    task: Task
+    sent_at: float
+    params: Params
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,44 +156,7 @@ APPLIED = Outcome("applied")
 BUFFERED = Outcome("buffered")
 
 
-class VersionHistory:
-    """Global models kept by version, each only while some task still refers to it.
-
-    Strategies that work on deltas (``Δ_i = w(o_i) − w_i``) need the model they sent; this keeps it with a
-    reference count per version, so memory does not grow with the number of versions.
-    """
-
-    def __init__(self) -> None:
-        self._models: dict[int, Params] = {}
-        self._refs: dict[int, int] = {}
-
-    def hold(self, version: int, params: Params) -> None:
-        self._refs[version] = self._refs.get(version, 0) + 1
-        self._models.setdefault(version, params)
-
-    def get(self, version: int) -> Params:
-        return self._models[version]
-
-    def release(self, version: int) -> None:
-        left = self._refs[version] - 1
-        if left:
-            self._refs[version] = left
-        else:
-            del self._refs[version]
-            del self._models[version]
-
-    def __len__(self) -> int:
-        return len(self._models)
-
-    def state_dict(self) -> dict:
-        return {"refs": dict(self._refs), "models": {v: list(p) for v, p in self._models.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._refs = {int(v): int(n) for v, n in state["refs"].items()}
-        self._models = {int(v): _frozen(p) for v, p in state["models"].items()}
-
-
-def _frozen(params: Iterable[np.ndarray]) -> Params:
+def frozen_params(params: Iterable[np.ndarray]) -> Params:
     """Own contiguous copies of ``params``, marked read-only so nobody changes a published version."""
     out = []
     for p in params:
@@ -169,9 +178,20 @@ class Strategy(ABC):
         Indices of tensors that are not trained (BatchNorm statistics, counters). They are never
         staleness-weighted: a single-update step takes the client's value, a group step their plain mean.
         Non-float tensors are always treated as non-trainable.
+
+    Capabilities
+    ------------
+    needs_model_store : bool
+        The strategy's clients fetch the global model mid-task (FedASMU): deployment serves the model store.
+    needs_validation : bool
+        The strategy wants ``set_validation(fn)`` with the task's server-side validation loss and gradient.
+    tracks_wakeups : bool
+        See the module docstring: parked clients are re-asked only when :attr:`wake_epoch` changes.
     """
 
     name: str = "strategy"
+    needs_model_store: bool = False
+    tracks_wakeups: bool = False
 
     def __init__(self, *, non_trainable: Sequence[int] = ()) -> None:
         self._params: Params = []
@@ -196,21 +216,30 @@ class Strategy(ABC):
         return self._version
 
     @property
-    def wake_epoch(self) -> int:
-        """Goes up whenever a client that was told "nothing yet" by ``on_idle`` may now get work.
-
-        The engine asks parked clients again only when this changed, so idle polling stays O(events).
-        """
-        return self._wake
+    def wake_epoch(self) -> int | None:
+        """With ``tracks_wakeups``: goes up whenever a parked client may now get work; else ``None`` (ask always)."""
+        return self._wake if self.tracks_wakeups else None
 
     @property
     def clients(self) -> dict[int, ClientInfo]:
         return dict(self._clients)
 
+    @property
+    def needs_validation(self) -> bool:
+        return False
+
+    def set_validation(self, fn: Any) -> None:
+        """Give the strategy ``params -> (loss, grads)`` on the server's validation batch (see ``needs_validation``)."""
+        raise TypeError(f"{self.name} takes no validation function")
+
+    def gauges(self) -> dict[str, float]:
+        """Strategy-specific state for the metrics (``fedhive_strategy_state{name=...}``), e.g. a buffer's fill."""
+        return {}
+
     # ----------------------------------------------------------------- the contract
     def start(self, params: Sequence[np.ndarray], clients: Iterable[ClientInfo], now: float) -> None:
         """Take the initial global model (version 0) and the clients known so far."""
-        self._params = _frozen(params)
+        self._params = frozen_params(params)
         self._version = 0
         n = len(self._params)
         for i in self._non_trainable_arg:
@@ -234,8 +263,8 @@ class Strategy(ABC):
         """What a free client should do now, or ``None`` (nothing yet)."""
 
     @abstractmethod
-    def on_update(self, update: Update, now: float) -> Outcome:
-        """A client's validated result. May change the global model."""
+    def on_update(self, update: Update, sent: Dispatch, now: float) -> Outcome:
+        """A client's validated result for the task ``sent``. May change the global model."""
 
     def on_timer(self, now: float) -> None:
         """A wake-up asked for through ``next_timer``."""
@@ -244,14 +273,16 @@ class Strategy(ABC):
         """When the strategy wants ``on_timer`` next, or ``None``."""
         return None
 
-    @abstractmethod
-    def on_failure(self, node_id: int, now: float) -> None:
-        """The client's task will never come back (node gone, deadline passed, result rejected)."""
+    def on_failure(self, sent: Dispatch, now: float) -> None:
+        """The task ``sent`` will never come back (node gone, deadline passed, reply rejected). May change the model.
+
+        By default nothing: a strategy that keeps no per-task state has nothing to release.
+        """
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: JSON-able values, numpy arrays, and lists/dicts of them."""
         return {
-            "params": list(self._params),
+            "params": self._params,
             "version": self._version,
             "clients": [[c.node_id, c.num_examples, c.device_class] for c in self._clients.values()],
             "wake": self._wake,
@@ -262,7 +293,7 @@ class Strategy(ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned (possibly after a round trip through a checkpoint file)."""
-        self._params = _frozen(state["params"])
+        self._params = frozen_params(state["params"])
         self._version = int(state["version"])
         self._clients = {}
         self._total_examples = 0
@@ -281,11 +312,6 @@ class Strategy(ABC):
     @abstractmethod
     def _load_state(self, state: dict[str, Any]) -> None:
         """Restore the subclass's own state."""
-
-    def summary(self) -> str:
-        """One line naming the strategy and its configuration, for logs."""
-        cfg = ", ".join(f"{k}={v}" for k, v in self.config().items())
-        return f"{self.name}({cfg})"
 
     def config(self) -> dict[str, Any]:
         """The strategy's hyper-parameters."""
@@ -324,5 +350,5 @@ class Strategy(ABC):
         return True
 
     def _poke(self) -> None:
-        """Tell the engine that parked clients may now get work (see ``wake_epoch``)."""
+        """Parked clients may now get work although the model did not change (see ``tracks_wakeups``)."""
         self._wake += 1

@@ -22,8 +22,13 @@ model ``(w_g, v')`` from the model store and, unless ``v' == o``::
     β := μ_β·φ / (1 + μ_β·φ)                                   # Eq. (8)
     w_local ← (1 − β)·w_local + β·w_g
 
-then finishes the ``T`` steps and uploads ``w_local``. The device side is the numpy-only :func:`fetch_step`,
-:func:`mixing_beta` and :class:`DeviceAdjuster`, which the trainer calls (this module never imports torch).
+then finishes the ``T`` steps and uploads ``w_local``. The device side is the numpy-only :class:`DevicePlan`
+(built on :func:`fetch_step`, :func:`mixing_beta` and :class:`DeviceAdjuster`), which both the device trainer and the
+virtual fleet follow (this module never imports torch). The plan trains the two spans as two training calls, so
+the local optimiser's state (SGD momentum, Adam moments) starts afresh after the fetch: the virtual fleet trains
+each span as a separate batched job at its own virtual moment (the second can only start once the fetched model,
+which depends on the global model at that moment, is known), and the device trainer follows the same plan so that
+simulation and deployment train alike. With the default optimiser (plain SGD) there is no state to lose.
 
 Scale: ``t`` and ``tg`` count server versions, which an asynchronous fleet pushes to tens of thousands, so with the
 paper's ``μ_α = μ_β = 1`` both weights shrink as ``1/√t`` (``β`` ~ 0.01: the fusion does almost nothing). The
@@ -34,20 +39,24 @@ fusion act and is 5.3× faster than FedAvg, against 1.6× with the defaults (REA
 --------------
 - ``max_staleness`` counts ``τ = v − o`` as FedBuff does: an update with ``τ > max_staleness`` is rejected
   (reason ``stale``) and changes nothing on the server. (The port compares ``delay = τ + 1`` with its ``tau``.)
-  An update from a future version (``τ < 0``) is rejected with reason ``future_version``.
+  ``o`` is the version the engine sent the task at.
 - Non-trainable tensors are never mixed by ``α``: they take the client's value (§0).
 - Server adaptation of ``(λ_i, σ_i, ι_i)`` happens after the mix, so ``α`` uses the values from before the arrival
-  (as in the port). The paper learns them by gradient descent on the loss; fedhive approximates that:
+  (as in the port). The paper learns them by gradient descent on the loss; fedhive approximates that, as chosen by
+  ``server_adaptation`` (nothing switches it silently):
 
-  * with ``validation_fn`` (the engine builds it from the task's server-side validation batch): one gradient
+  * ``"validation"`` (the default; the engine builds the function from the task's server-side validation batch
+    through ``set_validation``, and a run whose task has none stops with an error naming the other choices): one gradient
     step per applied arrival on ``L(w(α))``, the validation loss of the new global model, with
     ``dL/dα = ∇L(w(α))·(w_i − w)`` (dot product over the trainable tensors, in float64) and the chain rule
     ``dα/dξ = μ_α/(1 + μ_α·ξ)²``, ``dξ/dλ = t^(−1/2)·delay^(−σ)``, ``dξ/dσ = −λ·t^(−1/2)·delay^(−σ)·ln(delay)``,
     ``dξ/dι = 1`` (zero gradient where ``ξ`` is clipped at 0); learning rate ``server_meta_lr``. A non-finite
     validation loss or gradient skips the step.
-  * without it, the port's heuristic on the loss the client reports (``Update.metrics["loss"]``):
+  * ``"heuristic"``: the port's heuristic on the loss the client reports (``Update.metrics["loss"]``):
     ``sig = clip(prev_loss_i − loss_i, −1, 1)``; ``λ_i += lr·sig``; ``σ_i −= lr·sig``; ``ι_i += lr·sig/delay``.
     A client's first reported loss only records it. The previous loss is the one of the last *applied* update.
+
+  * ``"off"``: ``λ_i, σ_i, ι_i`` keep their initial values.
 
   After either step ``λ_i ≥ 1e-6`` (as in the port: ``λ_i = 0`` with ``ι_i = 0`` would silence a client for good,
   with zero gradient), ``σ_i ≥ 0``, ``ι_i ≥ 0``.
@@ -73,15 +82,18 @@ fusion act and is 5.3× faster than FedAvg, against 1.6× with the defaults (REA
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from . import params as P
-from .base import APPLIED, ClientInfo, Outcome, Params, Strategy, Task, Update
+from .base import APPLIED, ClientInfo, Dispatch, Outcome, Params, Strategy, Task, Update
 from .weighted_sum import weighted_sum
 
 ValidationFn = Callable[[list[np.ndarray]], tuple[float, list[np.ndarray]]]
+
+SERVER_ADAPTATIONS = ("validation", "heuristic", "off")
 
 FETCH_ARMS: tuple[float, ...] = (0.25, 0.5, 0.75)
 """The fetch fractions the adaptive bandit chooses among."""
@@ -277,6 +289,73 @@ class DeviceAdjuster:
         }
 
 
+class DevicePlan:
+    """FedASMU's device side of one task, written once for the device trainer and the virtual fleet.
+
+    Train ``first`` steps from the task's model (:meth:`first_config`), fetch the newest global model, :meth:`fuse`
+    it in, train the remaining ``rest`` steps from the result (:meth:`rest_config`), and :meth:`finish` the metrics
+    of the reply. Who trains and who fetches differ (a torch trainer and the model store on a device; batched jobs
+    and a function call at a virtual moment in the simulator); the sequence and the metrics are this class's.
+
+    Parameters
+    ----------
+    config : mapping
+        The task's config (``local_steps``, ``fetch_step`` and the :class:`DeviceAdjuster` keys).
+    base_version : int
+        The version the task trains from.
+    """
+
+    def __init__(self, config: Mapping[str, Any], base_version: int) -> None:
+        self.config = config
+        self.steps = int(config["local_steps"])
+        self.first = int(config["fetch_step"])
+        self.rest = self.steps - self.first
+        self.adjuster = DeviceAdjuster(config, base_version)
+        self.fetch_bytes = 0
+        self._loss_before: Any = None
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any], base_version: int) -> DevicePlan | None:
+        """The plan of a task, or ``None`` when it has no mid-training fetch (no ``fetch_step`` inside its steps)."""
+        fetch, steps = config.get("fetch_step"), config.get("local_steps")
+        if not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in (fetch, steps)) \
+                or not 0 < fetch < steps:
+            return None
+        return cls(config, base_version)
+
+    def first_config(self) -> dict[str, Any]:
+        """The config of the training before the fetch."""
+        return self._span(self.first)
+
+    def rest_config(self) -> dict[str, Any]:
+        """The config of the training after the fetch."""
+        return self._span(self.rest)
+
+    def _span(self, steps: int) -> dict[str, Any]:
+        config = {**self.config, "local_steps": steps}
+        config.pop("fetch_step", None)
+        return config
+
+    def fuse(self, local: Sequence[np.ndarray], first_metrics: Mapping[str, Any],
+             fetched: Sequence[np.ndarray] | None, fetched_version: int, nbytes: int) -> list[np.ndarray]:
+        """Mix the fetched model (``None``: nothing newer, or the fetch failed) into the local one after ``first``
+        steps; ``first_metrics`` are the first span's training metrics, ``nbytes`` what the fetch moved."""
+        self.fetch_bytes = int(nbytes)
+        self._loss_before = first_metrics.get("loss_before")
+        return self.adjuster.adjust(local, fetched, fetched_version, first_metrics.get("loss"))
+
+    def finish(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """The reply's metrics from the second span's: the device's ``γ, υ``, ``β``, the fetch, and the whole task's
+        ``steps`` and ``loss_before`` (the first batch's loss at the task's starting model)."""
+        self.adjuster.feedback(metrics.get("loss", float("nan")))
+        out = dict(metrics)
+        out.update(self.adjuster.report())
+        out["steps"] = self.steps
+        out["loss_before"] = self._loss_before if self._loss_before is not None else metrics.get("loss_before")
+        out["fetch_bytes"] = self.fetch_bytes
+        return out
+
+
 # --------------------------------------------------------------------------- the server side
 class FedASMU(Strategy):
     """Fully asynchronous mixing with a per-client, adaptive staleness-aware weight ``α`` (see the module docstring).
@@ -301,20 +380,24 @@ class FedASMU(Strategy):
         ``f`` in (0, 1), or ``"adaptive"`` for the per-client UCB1 bandit over ``FETCH_ARMS``.
     max_staleness : int or None
         Updates with ``τ = v − o`` above this are rejected; ``None`` accepts any.
+    server_adaptation : str
+        How ``λ, σ, ι`` adapt: ``"validation"`` (gradient descent on the server's validation loss), ``"heuristic"``
+        (on client-reported losses) or ``"off"``.
     validation_fn : callable, optional
-        ``params -> (loss, grads)``: the server-side validation loss and its gradient per tensor. With it, the
-        server adapts ``λ, σ, ι`` by gradient descent; without it, by the heuristic on client-reported losses.
+        ``params -> (loss, grads)``: the server-side validation loss and its gradient per tensor, for
+        ``server_adaptation="validation"`` (the engine passes it through :meth:`set_validation` when not given).
     non_trainable : sequence of int
         Tensors never mixed by ``α`` (they take the client's value).
     """
 
     name = "fedasmu"
+    needs_model_store = True  # devices fetch the global model mid-task
 
     def __init__(self, *, local_steps: int = 20, mu_alpha: float = 1.0, lam: float = 1.0, sigma: float = 0.5,
                  iota: float = 0.0, server_meta_lr: float = 0.01, mu_beta: float = 1.0, gamma: float = 1.0,
                  upsilon: float = 0.5, local_meta_lr: float = 0.01, fetch_fraction: float | str = 0.5,
-                 max_staleness: int | None = None, validation_fn: ValidationFn | None = None,
-                 non_trainable: Sequence[int] = ()) -> None:
+                 max_staleness: int | None = None, server_adaptation: str = "validation",
+                 validation_fn: ValidationFn | None = None, non_trainable: Sequence[int] = ()) -> None:
         super().__init__(non_trainable=non_trainable)
         self.local_steps = P.positive_int("local_steps", local_steps)
         self.mu_alpha = P.number("mu_alpha", mu_alpha, low=0.0, low_open=True)
@@ -334,10 +417,10 @@ class FedASMU(Strategy):
                 raise ValueError(f"fetch_fraction must be in (0, 1) or 'adaptive', got {fetch_fraction!r}")
             self.fetch_fraction = f
         self.max_staleness = P.optional(P.non_negative_int, "max_staleness", max_staleness)
-        if validation_fn is not None and not callable(validation_fn):
-            raise ValueError(f"validation_fn must be a callable params -> (loss, grads) or None, got {validation_fn!r}")
-        self.validation_fn = validation_fn
-        self._busy: dict[int, tuple[int, int]] = {}      # node → (base version, bandit arm or −1)
+        self.server_adaptation = P.choice("server_adaptation", server_adaptation, SERVER_ADAPTATIONS)
+        self.validation_fn: ValidationFn | None = None
+        if validation_fn is not None:
+            self.set_validation(validation_fn)
         self._server: dict[int, list[float]] = {}        # node → [λ, σ, ι]
         self._device: dict[int, list[float]] = {}        # node → [γ, υ]
         self._prev_loss: dict[int, float] = {}
@@ -361,7 +444,19 @@ class FedASMU(Strategy):
                 "iota": self.iota, "server_meta_lr": self.server_meta_lr, "mu_beta": self.mu_beta,
                 "gamma": self.gamma, "upsilon": self.upsilon, "local_meta_lr": self.local_meta_lr,
                 "fetch_fraction": self.fetch_fraction, "max_staleness": self.max_staleness,
-                "server_adaptation": "validation" if self.validation_fn is not None else "heuristic"}
+                "server_adaptation": self.server_adaptation}
+
+    @property
+    def needs_validation(self) -> bool:
+        return self.server_adaptation == "validation" and self.validation_fn is None
+
+    def set_validation(self, fn: ValidationFn) -> None:
+        if not callable(fn):
+            raise ValueError(f"validation_fn must be a callable params -> (loss, grads), got {fn!r}")
+        self.validation_fn = fn
+
+    def gauges(self) -> dict[str, float]:
+        return {"alpha": self._last_alpha}
 
     # ----------------------------------------------------------------- events
     def _adopt(self, client: ClientInfo) -> bool:
@@ -377,7 +472,11 @@ class FedASMU(Strategy):
                                           "scale": 0.0})
 
     def _on_start(self, now: float) -> None:
-        self._busy, self._server, self._device, self._prev_loss, self._bandit = {}, {}, {}, {}, {}
+        if self.needs_validation:
+            raise ValueError("FedASMU server_adaptation='validation' needs a validation function (fedhive builds it "
+                             "from the task's server-side validation batch); this task has none: set "
+                             "server_adaptation='heuristic' or 'off', or give the task a validation_batch()")
+        self._server, self._device, self._prev_loss, self._bandit = {}, {}, {}, {}
         self._last_alpha = 0.0
         for node_id in self._clients:
             self._init_client(node_id)
@@ -388,34 +487,31 @@ class FedASMU(Strategy):
         self._init_client(node)
         gamma, upsilon = self._device[node]
         cfg: dict[str, Any] = {"local_steps": self.local_steps}
-        arm = -1
         if self.local_steps >= 2:
             if self.fetch_fraction == "adaptive":
-                arm = self._choose_arm(node)
-                f = FETCH_ARMS[arm]
+                f = FETCH_ARMS[self._choose_arm(node)]
             else:
                 f = float(self.fetch_fraction)
             cfg["fetch_step"] = fetch_step(self.local_steps, f)
             cfg["fetch_fraction"] = f
         cfg.update({"mu_beta": self.mu_beta, "gamma": gamma, "upsilon": upsilon, "local_meta_lr": self.local_meta_lr})
-        self._busy[node] = (self._version, arm)
         return Task(node, self._version, cfg)
 
-    def on_update(self, update: Update, now: float) -> Outcome:
+    def on_update(self, update: Update, sent: Dispatch, now: float) -> Outcome:
         node = update.node_id
         self._init_client(node)
-        _, arm = self._busy.pop(node, (update.base_version, -1))
+        arm = -1
+        if self.fetch_fraction == "adaptive" and "fetch_fraction" in sent.task.config:
+            arm = FETCH_ARMS.index(sent.task.config["fetch_fraction"])
         self._client_feedback(node, arm, update.metrics)
 
-        tau = self._version - update.base_version
-        if tau < 0:
-            return Outcome("rejected", "future_version")
+        base = sent.task.version
+        tau = self._version - base
         if self.max_staleness is not None and tau > self.max_staleness:
             return Outcome("rejected", "stale")
         t, delay = self._version + 1, tau + 1
         lam, sigma, iota = self._server[node]
-        xi = _xi(t, delay, lam, sigma, iota)
-        alpha = self.mu_alpha * xi / (1.0 + self.mu_alpha * xi)
+        alpha = mixing_alpha(self._version, base, lam, sigma, iota, self.mu_alpha)
         old = self._params
         new = weighted_sum([(1.0 - alpha, old), (alpha, update.params)], indices=self._trainable)
         for i in self._fixed:
@@ -425,9 +521,9 @@ class FedASMU(Strategy):
         self._last_alpha = alpha
 
         loss = _finite(update.metrics.get("loss"))
-        if self.validation_fn is not None:
-            self._meta_step(node, t, delay, xi, old, update.params)
-        elif loss is not None and node in self._prev_loss:
+        if self.server_adaptation == "validation":
+            self._meta_step(node, t, delay, old, update.params)
+        elif self.server_adaptation == "heuristic" and loss is not None and node in self._prev_loss:
             sig = _clip1(self._prev_loss[node] - loss)
             lr = self.server_meta_lr
             self._set_server(node, lam + lr * sig, sigma - lr * sig, iota + lr * sig / delay)
@@ -435,17 +531,15 @@ class FedASMU(Strategy):
             self._prev_loss[node] = loss
         return APPLIED
 
-    def on_failure(self, node_id: int, now: float) -> None:
-        self._busy.pop(node_id, None)
-
     # ----------------------------------------------------------------- adaptation
     def _set_server(self, node: int, lam: float, sigma: float, iota: float) -> None:
         self._server[node] = [max(_LAM_MIN, lam), max(0.0, sigma), max(0.0, iota)]
 
-    def _meta_step(self, node: int, t: int, delay: int, xi: float, old: Params, client: Params) -> None:
+    def _meta_step(self, node: int, t: int, delay: int, old: Params, client: Params) -> None:
         """One gradient step on ``L(w(α))`` w.r.t. ``(λ_i, σ_i, ι_i)`` (see the module docstring)."""
         lam, sigma, iota = self._server[node]
-        if _xi_raw(t, delay, lam, sigma, iota) <= 0.0:
+        xi = _xi_raw(t, delay, lam, sigma, iota)
+        if xi <= 0.0:
             return
         loss, grads = self.validation_fn(self.params)  # type: ignore[misc]
         if _finite(loss) is None or len(grads) != len(old):
@@ -503,7 +597,6 @@ class FedASMU(Strategy):
     # ----------------------------------------------------------------- persistence
     def _state(self) -> dict[str, Any]:
         return {
-            "busy": {k: [v, a] for k, (v, a) in self._busy.items()},
             "server": {k: list(v) for k, v in self._server.items()},
             "device": {k: list(v) for k, v in self._device.items()},
             "prev_loss": dict(self._prev_loss),
@@ -513,7 +606,6 @@ class FedASMU(Strategy):
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        self._busy = {int(k): (int(v), int(a)) for k, (v, a) in state["busy"].items()}
         self._server = {int(k): [float(x) for x in v] for k, v in state["server"].items()}
         self._device = {int(k): [float(x) for x in v] for k, v in state["device"].items()}
         self._prev_loss = {int(k): float(v) for k, v in state["prev_loss"].items()}

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from . import params as P
-from .base import APPLIED, ClientInfo, Outcome, Strategy, Task, Update
+from .base import APPLIED, ClientInfo, Dispatch, Outcome, Strategy, Task, Update, frozen_config
 from .staleness import STALENESS_KINDS, make_staleness
 from .weighted_sum import weighted_sum
 
@@ -49,9 +49,10 @@ class FedAsync(Strategy):
         self.staleness_a, self.staleness_b = staleness_a, staleness_b
         self._s = make_staleness(staleness, staleness_a, staleness_b)
         self.proximal_mu = P.number("proximal_mu", proximal_mu, low=0.0)
-        self._task_config: dict[str, Any] = {"local_steps": self.local_steps}  # shared by every task: read-only
+        config: dict[str, Any] = {"local_steps": self.local_steps}
         if self.proximal_mu:
-            self._task_config["proximal_mu"] = self.proximal_mu
+            config["proximal_mu"] = self.proximal_mu
+        self._task_config = frozen_config(config)  # shared by every task
 
     def config(self) -> dict[str, Any]:
         return {"local_steps": self.local_steps, "alpha": self.alpha, "staleness": self.staleness,
@@ -64,19 +65,16 @@ class FedAsync(Strategy):
         self._adopt(client)
         return Task(client.node_id, self._version, self._task_config)
 
-    def on_update(self, update: Update, now: float) -> Outcome:
-        tau = self._version - update.base_version
+    def on_update(self, update: Update, sent: Dispatch, now: float) -> Outcome:
+        tau = self._version - sent.task.version
         a = self.alpha * self._s(tau)
         new = weighted_sum([(1.0 - a, self._params), (a, update.params)], indices=self._trainable)
         for i in self._fixed:
             new[i] = update.params[i].copy()
         return APPLIED if self._commit(new) else Outcome("rejected", "diverged")
 
-    def on_failure(self, node_id: int, now: float) -> None:
-        pass  # every client may have a task at any time: nothing to release
-
-    # FedAsync's rule needs no state beyond the model and its version (the engine knows which tasks are in flight).
-    # Checkpoints written before 2026-11-27 also hold a "busy" map; it is ignored.
+    # FedAsync's rule needs no state beyond the model and its version (the engine knows which tasks are in flight),
+    # and a failed task has nothing to release (the base class's on_failure).
     def _state(self) -> dict[str, Any]:
         return {}
 

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import params as P
-from .base import APPLIED, BUFFERED, ClientInfo, Outcome, Strategy, Task, Update
+from .base import APPLIED, BUFFERED, ClientInfo, Dispatch, Outcome, Strategy, Task, Update
 from .weighted_sum import mean_of, weighted_sum
 
 
@@ -42,6 +42,7 @@ class FedAvg(Strategy):
     """
 
     name = "fedavg"
+    tracks_wakeups = True  # clients wait for the next round: poked when a round (re)starts
 
     def __init__(self, *, local_steps: int = 20, fraction: float = 1.0, round_timeout: float | None = None,
                  seed: int = 0, non_trainable: Sequence[int] = ()) -> None:
@@ -55,7 +56,7 @@ class FedAvg(Strategy):
         self._round_start = 0.0
         self._accepting = True
         self._sample: set[int] | None = None
-        self._busy: dict[int, int] = {}  # node -> round of its task
+        self._late: set[int] = set()  # clients whose task of an earlier round is still out (not sampled)
         self._pending: set[int] = set()
         self._acc: list[np.ndarray] | None = None
         self._acc_examples = 0
@@ -78,10 +79,11 @@ class FedAvg(Strategy):
         return [i for i, p in enumerate(self._params) if not np.issubdtype(p.dtype, np.floating)]
 
     def _on_start(self, now: float) -> None:
-        self._busy = {}
+        self._late = set()
         self._open_round(now)
 
     def _open_round(self, now: float) -> None:
+        self._late |= self._pending  # a round closed by its deadline leaves these clients still training
         self._round += 1
         self._round_start = now
         self._accepting = True
@@ -92,7 +94,7 @@ class FedAvg(Strategy):
         self._replies = 0
         self._sample = None
         if self.fraction < 1.0:
-            idle = sorted(n for n in self._clients if n not in self._busy)
+            idle = sorted(n for n in self._clients if n not in self._late)
             k = min(len(idle), max(1, math.ceil(self.fraction * len(idle))))
             chosen = self._rng.choice(len(idle), size=k, replace=False) if idle else []
             self._sample = {idle[int(i)] for i in chosen}
@@ -101,20 +103,19 @@ class FedAvg(Strategy):
     def on_idle(self, client: ClientInfo, now: float) -> Task | None:
         self._adopt(client)
         node = client.node_id
-        if not self._accepting or node in self._busy:
+        if not self._accepting:
             return None
         if self._sample is not None and node not in self._sample:
             return None
         if self._sample is not None:
             self._sample.discard(node)
-        self._busy[node] = self._round
         self._pending.add(node)
         return Task(node, self._version, {"local_steps": self.local_steps, "round": self._round})
 
-    def on_update(self, update: Update, now: float) -> Outcome:
+    def on_update(self, update: Update, sent: Dispatch, now: float) -> Outcome:
         node = update.node_id
-        r = self._busy.pop(node, None)
-        if r != self._round or node not in self._pending:
+        self._late.discard(node)
+        if sent.task.config["round"] != self._round or node not in self._pending:
             self._poke()
             return Outcome("rejected", "late")
         self._pending.discard(node)
@@ -145,9 +146,10 @@ class FedAvg(Strategy):
         self._open_round(now)
         return outcome
 
-    def on_failure(self, node_id: int, now: float) -> None:
-        r = self._busy.pop(node_id, None)
-        if r == self._round and node_id in self._pending:
+    def on_failure(self, sent: Dispatch, now: float) -> None:
+        node_id = sent.task.node_id
+        self._late.discard(node_id)
+        if sent.task.config["round"] == self._round and node_id in self._pending:
             self._pending.discard(node_id)
             if not self._pending and not self._accepting:
                 self._close_round(now)
@@ -173,7 +175,7 @@ class FedAvg(Strategy):
             "round_start": self._round_start,
             "accepting": self._accepting,
             "sample": None if self._sample is None else sorted(self._sample),
-            "busy": dict(self._busy),
+            "late": sorted(self._late),
             "pending": sorted(self._pending),
             "acc": self._acc,
             "acc_examples": self._acc_examples,
@@ -188,7 +190,7 @@ class FedAvg(Strategy):
         self._round_start = float(state["round_start"])
         self._accepting = bool(state["accepting"])
         self._sample = None if state["sample"] is None else {int(n) for n in state["sample"]}
-        self._busy = {int(k): int(v) for k, v in state["busy"].items()}
+        self._late = {int(n) for n in state["late"]}
         self._pending = {int(n) for n in state["pending"]}
         self._acc = None if state["acc"] is None else [np.array(a) for a in state["acc"]]
         self._acc_examples = int(state["acc_examples"])

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import params as P
-from .base import APPLIED, BUFFERED, ClientInfo, Outcome, Strategy, Task, Update, VersionHistory
+from .base import APPLIED, BUFFERED, ClientInfo, Dispatch, Outcome, Strategy, Task, Update, frozen_config
 from .staleness import STALENESS_KINDS, make_staleness
 from .weighted_sum import mean_of, weighted_sum
 
@@ -52,7 +52,7 @@ class FedBuff(Strategy):
                  max_concurrency: int | None = None, non_trainable: Sequence[int] = ()) -> None:
         super().__init__(non_trainable=non_trainable)
         self.local_steps = P.positive_int("local_steps", local_steps)
-        self._task_config = {"local_steps": self.local_steps}  # shared by every task: read-only
+        self._task_config = frozen_config({"local_steps": self.local_steps})  # shared by every task
         self.buffer_size = P.positive_int("buffer_size", buffer_size)
         self.server_lr = P.number("server_lr", server_lr, low=0.0, low_open=True)
         self.server_momentum = P.number("server_momentum", server_momentum, low=0.0)
@@ -63,8 +63,7 @@ class FedBuff(Strategy):
         self._s = make_staleness(staleness, staleness_a, staleness_b)
         self.max_staleness = P.optional(P.non_negative_int, "max_staleness", max_staleness)
         self.max_concurrency = P.optional(P.positive_int, "max_concurrency", max_concurrency)
-        self._busy: dict[int, int] = {}
-        self._history = VersionHistory()
+        self._running = 0  # tasks in flight, for max_concurrency
         self._acc: list[np.ndarray] | None = None
         self._k = 0
         self._fixed_vals: list[list[np.ndarray]] = []
@@ -81,40 +80,38 @@ class FedBuff(Strategy):
         """Updates waiting in the buffer (``k``)."""
         return self._k
 
+    @property
+    def tracks_wakeups(self) -> bool:  # only a concurrency cap parks clients
+        return self.max_concurrency is not None
+
+    def gauges(self) -> dict[str, float]:
+        return {"buffer_fill": float(self._k)}
+
     def _on_start(self, now: float) -> None:
-        self._busy = {}
+        self._running = 0
 
     def on_idle(self, client: ClientInfo, now: float) -> Task | None:
         self._adopt(client)
-        if self.max_concurrency is not None and len(self._busy) >= self.max_concurrency:
-            return None
-        self._busy[client.node_id] = self._version
-        self._history.hold(self._version, self._params)
+        if self.max_concurrency is not None:
+            if self._running >= self.max_concurrency:
+                return None
+            self._running += 1
         return Task(client.node_id, self._version, self._task_config)
 
-    def _end_task(self, node_id: int) -> int | None:
-        base = self._busy.pop(node_id, None)
+    def _end_task(self) -> None:
         if self.max_concurrency is not None:
+            self._running -= 1
             self._poke()
-        return base
 
-    def on_update(self, update: Update, now: float) -> Outcome:
-        base = self._end_task(update.node_id)
-        if base is None:
-            base = update.base_version
-            sent = None
-        else:
-            sent = self._history.get(base)
-        tau = self._version - base
-        if sent is None or (self.max_staleness is not None and tau > self.max_staleness):
-            if sent is not None:
-                self._history.release(base)
-            return Outcome("rejected", "stale" if sent is not None else "unknown_task")
+    def on_update(self, update: Update, sent: Dispatch, now: float) -> Outcome:
+        self._end_task()
+        tau = self._version - sent.task.version
+        if self.max_staleness is not None and tau > self.max_staleness:
+            return Outcome("rejected", "stale")
         c = self._s(tau)
         # acc (+)= s·w(o) − s·w_i, in place, trainable tensors only.
-        self._acc = weighted_sum([(c, sent), (-c, update.params)], out=self._acc, indices=self._trainable,
+        self._acc = weighted_sum([(c, sent.params), (-c, update.params)], out=self._acc, indices=self._trainable,
                                  accumulate=self._k > 0)
-        self._history.release(base)
         if self._fixed:
             self._fixed_vals.append([update.params[i].copy() for i in self._fixed])
         self._k += 1
@@ -140,15 +137,12 @@ class FedBuff(Strategy):
         self._fixed_vals = []
         return APPLIED if self._commit(new) else Outcome("rejected", "diverged")
 
-    def on_failure(self, node_id: int, now: float) -> None:
-        base = self._end_task(node_id)
-        if base is not None:
-            self._history.release(base)
+    def on_failure(self, sent: Dispatch, now: float) -> None:
+        self._end_task()
 
     def _state(self) -> dict[str, Any]:
         return {
-            "busy": dict(self._busy),
-            "history": self._history.state_dict(),
+            "running": self._running,
             "acc": self._acc if self._k > 0 else None,
             "k": self._k,
             "fixed_vals": self._fixed_vals,
@@ -156,9 +150,7 @@ class FedBuff(Strategy):
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        self._busy = {int(k): int(v) for k, v in state["busy"].items()}
-        self._history = VersionHistory()
-        self._history.load_state_dict(state["history"])
+        self._running = int(state["running"])
         self._k = int(state["k"])
         self._acc = None if state["acc"] is None else [np.array(a) for a in state["acc"]]
         self._fixed_vals = [[np.array(a) for a in vals] for vals in state["fixed_vals"]]

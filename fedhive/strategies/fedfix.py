@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import params as P
-from .base import BUFFERED, ClientInfo, Outcome, Strategy, Task, Update, VersionHistory
+from .base import BUFFERED, ClientInfo, Dispatch, Outcome, Params, Strategy, Task, Update, frozen_config
 from .weighted_sum import mean_of, weighted_sum
 
 _CEIL_TOLERANCE = 1e-9
@@ -55,21 +55,21 @@ class FedFix(Strategy):
     """
 
     name = "fedfix"
+    tracks_wakeups = True  # returned clients wait for the next aggregation, which pokes
 
     def __init__(self, *, local_steps: int = 20, interval: float | None = None, server_lr: float = 1.0,
                  duration_momentum: float = 0.9, non_trainable: Sequence[int] = ()) -> None:
         super().__init__(non_trainable=non_trainable)
         self.local_steps = P.positive_int("local_steps", local_steps)
-        self._task_config = {"local_steps": self.local_steps}  # shared by every task: read-only
+        self._task_config = frozen_config({"local_steps": self.local_steps})  # shared by every task
         self.interval = P.optional(P.number, "interval", interval, low=0.0, low_open=True)
         self.server_lr = P.number("server_lr", server_lr, low=0.0, low_open=True)
         self.duration_momentum = P.number("duration_momentum", duration_momentum, low=0.0, high=1.0, low_open=True)
         self._dt: float | None = self.interval
         self._next: float | None = None
-        self._busy: dict[int, tuple[int, float]] = {}  # node -> (version sent, dispatch time)
-        self._history = VersionHistory()
         self._duration: dict[int, float] = {}
-        self._returned: list[tuple[int, int, list[np.ndarray]]] = []  # (node, base version, params)
+        # (node, version sent, model sent, client's model) of each return since the last aggregation
+        self._returned: list[tuple[int, int, Params, Params]] = []
         self._waiting: set[int] = set()
         self._warmup_needed = 0
         self._warmup: list[float] = []
@@ -92,20 +92,17 @@ class FedFix(Strategy):
     def on_idle(self, client: ClientInfo, now: float) -> Task | None:
         self._adopt(client)
         node = client.node_id
-        if node in self._waiting or node in self._busy:
+        if node in self._waiting:
             return None
-        self._busy[node] = (self._version, now)
-        self._history.hold(self._version, self._params)
         return Task(node, self._version, self._task_config)
 
-    def on_update(self, update: Update, now: float) -> Outcome:
+    def on_update(self, update: Update, sent: Dispatch, now: float) -> Outcome:
         node = update.node_id
-        base, sent_at = self._busy.pop(node)
-        observed = max(now - sent_at, 0.0)
+        observed = max(now - sent.sent_at, 0.0)
         old = self._duration.get(node)
         b = self.duration_momentum
         self._duration[node] = observed if old is None else (1.0 - b) * old + b * observed
-        self._returned.append((node, base, update.params))
+        self._returned.append((node, sent.task.version, sent.params, update.params))
         self._waiting.add(node)
         if self._dt is None:
             self._warmup.append(observed)
@@ -125,17 +122,17 @@ class FedFix(Strategy):
             return BUFFERED
         assert self._dt is not None
         terms: list[tuple[float, Sequence[np.ndarray]]] = [(1.0, self._params)]
-        sent: dict[int, float] = {}
-        for node, base, params in returned:
+        coefs: dict[int, float] = {}
+        models: dict[int, Params] = {}
+        for node, base, base_params, params in returned:
             d = self.server_lr * interval_weight(self._duration[node], self._dt, self._weight(node))
             terms.append((d, params))
-            sent[base] = sent.get(base, 0.0) - d
-        terms.extend((coef, self._history.get(base)) for base, coef in sorted(sent.items()))
+            coefs[base] = coefs.get(base, 0.0) - d
+            models[base] = base_params
+        terms.extend((coef, models[base]) for base, coef in sorted(coefs.items()))
         new = weighted_sum(terms, indices=self._trainable)
         for i in self._fixed:
-            new[i] = mean_of([params[i] for _, _, params in returned])
-        for _, base, _ in returned:
-            self._history.release(base)
+            new[i] = mean_of([params[i] for _, _, _, params in returned])
         return Outcome("applied") if self._commit(new) else Outcome("rejected", "diverged")
 
     def next_timer(self) -> float | None:
@@ -149,21 +146,16 @@ class FedFix(Strategy):
             self._next += self._dt
         self._aggregate()
 
-    def on_failure(self, node_id: int, now: float) -> None:
-        entry = self._busy.pop(node_id, None)
-        if entry is not None:
-            self._history.release(entry[0])
-            if self._dt is None and node_id not in self._duration:
-                self._warmup_needed = max(self._warmup_needed - 1, 1)
+    def on_failure(self, sent: Dispatch, now: float) -> None:
+        if self._dt is None and sent.task.node_id not in self._duration:
+            self._warmup_needed = max(self._warmup_needed - 1, 1)
 
     def _state(self) -> dict[str, Any]:
         return {
             "dt": self._dt,
             "next": self._next,
-            "busy": {n: [v, t] for n, (v, t) in self._busy.items()},
-            "history": self._history.state_dict(),
             "duration": dict(self._duration),
-            "returned": [[n, v, list(p)] for n, v, p in self._returned],
+            "returned": [[n, v, base, p] for n, v, base, p in self._returned],
             "waiting": sorted(self._waiting),
             "warmup_needed": self._warmup_needed,
             "warmup": list(self._warmup),
@@ -172,11 +164,8 @@ class FedFix(Strategy):
     def _load_state(self, state: dict[str, Any]) -> None:
         self._dt = None if state["dt"] is None else float(state["dt"])
         self._next = None if state["next"] is None else float(state["next"])
-        self._busy = {int(n): (int(v), float(t)) for n, (v, t) in state["busy"].items()}
-        self._history = VersionHistory()
-        self._history.load_state_dict(state["history"])
         self._duration = {int(n): float(d) for n, d in state["duration"].items()}
-        self._returned = [(int(n), int(v), [np.array(a) for a in p]) for n, v, p in state["returned"]]
+        self._returned = [(int(n), int(v), list(base), list(p)) for n, v, base, p in state["returned"]]
         self._waiting = {int(n) for n in state["waiting"]}
         self._warmup_needed = int(state["warmup_needed"])
         self._warmup = [float(x) for x in state["warmup"]]

@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import dump_logs, read_json, status, wait_for
 
-from fedhive.server import checkpoint as ckpt
+from fedhive.engine import checkpoint as ckpt
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedhive.server import checkpoint as ckpt
+from fedhive.engine import checkpoint as ckpt
 
 
 def test_round_trip_keeps_arrays_int_keys_and_scalars(tmp_path):
@@ -36,3 +36,26 @@ def test_latest_and_prune(tmp_path):
     ckpt.prune(tmp_path, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-0000000007.npz", "ckpt-0000000012.npz"]
     assert ckpt.latest(tmp_path / "missing") is None
+
+
+def test_an_array_referred_to_twice_is_stored_once_and_comes_back_shared(tmp_path):
+    from types import MappingProxyType
+
+    model = [np.arange(1000, dtype=np.float32), np.ones(3)]
+    state = {"params": model, "buffer": [[0, 3, [np.zeros(2)], model], [1, 3, [np.zeros(2)], model]],
+             "config": MappingProxyType({"local_steps": 5})}
+    tree, arrays = ckpt.encode(state)
+    assert len(arrays) == 4  # the model's two tensors once, and the two buffered updates' arrays
+    path = ckpt.save(tmp_path / "c.npz", state)
+    back = ckpt.load(path)
+    assert back["params"][0] is back["buffer"][0][3][0] is back["buffer"][1][3][0]
+    assert np.array_equal(back["params"][0], model[0]) and back["config"] == {"local_steps": 5}
+
+
+def test_a_checkpoint_of_another_format_is_refused_with_what_to_do(tmp_path):
+    import json
+
+    meta = json.dumps({"format": "fedhive-checkpoint/1", "state": {}}).encode()
+    np.savez(tmp_path / "old.npz", __meta__=np.frombuffer(meta, dtype=np.uint8))
+    with pytest.raises(ValueError, match="resume=false"):
+        ckpt.load(tmp_path / "old.npz")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import numpy as np
@@ -9,11 +10,10 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from fedhive import messages as M
+from fedhive.engine import Failure, Malformed, Observer, Orchestrator, Result, StopCondition
 from fedhive.server.grid_transport import GridTransport
-from fedhive.server.orchestrator import Observer, Orchestrator, StopCondition
-from fedhive.server.transport import Dispatch, Failure, Result
 from fedhive.strategies import build
-from fedhive.strategies.base import Task
+from fedhive.strategies.base import Dispatch, Task
 
 NAMES = ["layer.weight", "layer.bias"]
 
@@ -143,15 +143,27 @@ def test_restore_continues_the_clock_from_the_checkpoint_time():
 
 def test_restore_fails_every_task_that_was_in_flight():
     _, _, t = make()
-    in_flight = [(Dispatch(4, Task(11, 2, {}), 50.0), params()), (Dispatch(9, Task(12, 2, {}), 51.0), params())]
+    in_flight = [Dispatch(4, Task(11, 2, {}), 50.0, params()), Dispatch(9, Task(12, 2, {}), 51.0, params())]
+    assert not t.reattaches_work  # a real fleet's work from before a restart is gone
     assert t.restore(now=60.0, in_flight=in_flight) == [4, 9]
     assert t.now() == pytest.approx(60.0)
 
 
-@pytest.mark.parametrize("kw", [{"ttl": 0.0}, {"ttl": -1.0}, {"poll_interval": 0.0}])
-def test_bad_timing_arguments_are_refused(kw):
-    with pytest.raises(ValueError, match="> 0"):
+@pytest.mark.parametrize("kw, words", [
+    ({"ttl": 0.0}, "ttl (seconds) must be a finite number > 0, got 0.0"),
+    ({"ttl": -1.0}, "ttl (seconds) must be a finite number > 0, got -1.0"),
+    ({"ttl": "600"}, "ttl (seconds) must be a finite number > 0, got '600'"),
+    ({"poll_interval": 0.0}, "poll_interval (seconds) must be a finite number > 0, got 0.0"),
+    ({"poll_interval": float("nan")}, "poll_interval (seconds) must be a finite number > 0, got nan"),
+])
+def test_bad_timing_arguments_are_refused(kw, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
         make(**kw)
+
+
+def test_timing_arguments_are_kept_as_floats():
+    _, _, t = make(ttl=30, poll_interval=np.float64(0.05))
+    assert (t.ttl, t.poll_interval) == (30.0, 0.05) and type(t.ttl) is float and type(t.poll_interval) is float
 
 
 # --------------------------------------------------------------------------- membership and profiles
@@ -289,7 +301,7 @@ def test_dispatch_sends_a_train_message_with_arrays_config_and_ttl():
     grid, _, t = make(nodes=(11,), extra_config={M.STORE_ADDRESS: "10.0.0.1:9300", "lr": 0.5})
     join(grid, t, {11: profile_reply("cpu", 10)})
     p = params()
-    t.dispatch(42, Task(11, 7, {"local_steps": 3, "lr": 0.1, "mu": None}), p)
+    t.dispatch(Dispatch(42, Task(11, 7, {"local_steps": 3, "lr": 0.1, "mu": None}), 0.0, p))
     (mid, msg), = grid.of_type("train")
     assert msg.metadata.dst_node_id == 11 and msg.metadata.ttl == 30.0 and msg.metadata.group_id == "7"
     assert list(msg.content[M.ARRAYS].keys()) == NAMES
@@ -304,7 +316,7 @@ def test_a_refused_push_is_a_failure_event():
     grid, _, t = make(nodes=(11,))
     join(grid, t, {11: profile_reply("cpu", 10)})
     grid.refuse = True
-    t.dispatch(3, Task(11, 0, {}), params())
+    t.dispatch(Dispatch(3, Task(11, 0, {}), 0.0, params()))
     events = t.wait(None)
     assert [(type(e), e.task_id, e.node_id, e.reason) for e in events] == [(Failure, 3, 11, "push_refused")]
     assert t.in_flight == 0
@@ -314,7 +326,7 @@ def test_a_good_reply_becomes_a_result_with_the_update():
     grid, clock, t = make(nodes=(11, 12))
     join(grid, t, {11: profile_reply("cpu", 10), 12: profile_reply("cpu", 10)})
     p = params()
-    t.dispatch(5, Task(12, 4, {"local_steps": 2}), p)
+    t.dispatch(Dispatch(5, Task(12, 4, {"local_steps": 2}), 0.0, p))
     (mid, _), = grid.of_type("train")
     out = [p[0] * 2, p[1] + 1]
     # The client's record holds the arrays in another order; the update has them in param_names order.
@@ -322,10 +334,10 @@ def test_a_good_reply_becomes_a_result_with_the_update():
     clock.t += 4.0
     grid.reply(mid, train_reply(record, {"num-examples": 33, "train_loss": 0.25, "seconds": 1.5}))
     (ev,) = t.wait(None)
-    assert isinstance(ev, Result) and ev.task_id == 5 and ev.info == {}
+    assert isinstance(ev, Result) and ev.task_id == 5
     assert ev.time == pytest.approx(4.0)
     u = ev.update
-    assert (u.node_id, u.base_version, u.num_examples) == (12, 4, 33)
+    assert (u.node_id, u.base_version, u.num_examples) == (12, None, 33)  # a stock reply claims no version
     assert isinstance(u.num_examples, int)
     assert [a.shape for a in u.params] == [(2, 3), (2,)]
     assert all(np.array_equal(a, b) for a, b in zip(u.params, out))
@@ -334,10 +346,21 @@ def test_a_good_reply_becomes_a_result_with_the_update():
     assert t.bytes_moved == 2 * sum(a.nbytes for a in p)
 
 
+def test_a_fedhive_reply_claims_the_version_it_trained_from():
+    grid, _, t = make(nodes=(11,))
+    join(grid, t, {11: profile_reply("cpu", 10)})
+    t.dispatch(Dispatch(5, Task(11, 4, {"local_steps": 2}), 0.0, params()))
+    (mid, _), = grid.of_type("train")
+    grid.reply(mid, train_reply(params(), {"num-examples": 3, M.VERSION: 4.0}))
+    (ev,) = t.wait(None)
+    assert ev.update.base_version == 4 and isinstance(ev.update.base_version, int)
+    assert M.VERSION not in ev.update.metrics
+
+
 def test_a_reply_with_its_own_loss_keeps_it_and_float_counts_become_int():
     grid, _, t = make(nodes=(11,))
     join(grid, t, {11: profile_reply("cpu", 10)})
-    t.dispatch(0, Task(11, 0, {}), params())
+    t.dispatch(Dispatch(0, Task(11, 0, {}), 0.0, params()))
     (mid, _), = grid.of_type("train")
     grid.reply(mid, train_reply(params(), {"num-examples": 12.0, "loss": 0.5, "train_loss": 9.0}))
     (ev,) = t.wait(None)
@@ -350,7 +373,7 @@ def test_a_reply_with_its_own_loss_keeps_it_and_float_counts_become_int():
 def test_error_replies_become_failures(code, reason):
     grid, clock, t = make(nodes=(11,))
     join(grid, t, {11: profile_reply("cpu", 10)})
-    t.dispatch(8, Task(11, 0, {}), params())
+    t.dispatch(Dispatch(8, Task(11, 0, {}), 0.0, params()))
     (mid, _), = grid.of_type("train")
     clock.t += 1.0
     grid.reply(mid, Error(code, "something happened"))
@@ -363,7 +386,7 @@ def test_all_four_error_codes_in_one_pull():
     grid, _, t = make(nodes=(1, 2, 3, 4))
     join(grid, t, {n: profile_reply("cpu", 10) for n in (1, 2, 3, 4)})
     for n in (1, 2, 3, 4):
-        t.dispatch(100 + n, Task(n, 0, {}), params())
+        t.dispatch(Dispatch(100 + n, Task(n, 0, {}), 0.0, params()))
     codes = {1: 2, 2: 3, 3: 5, 4: 8}
     for mid, m in grid.of_type("train"):
         grid.reply(mid, Error(codes[m.metadata.dst_node_id], "x"))
@@ -378,22 +401,21 @@ def test_all_four_error_codes_in_one_pull():
     (train_reply(params(), {"train_loss": 0.1}), "no 'num-examples'"),
     (RecordDict({M.ARRAYS: ConfigRecord({"x": 1}), M.METRICS: MetricRecord({"num-examples": 5})}), "ArrayRecord"),
 ])
-def test_malformed_replies_become_marked_results(content, why):
+def test_malformed_replies_become_malformed_events(content, why):
     grid, _, t = make(nodes=(11,))
     join(grid, t, {11: profile_reply("cpu", 10)})
-    t.dispatch(6, Task(11, 3, {}), params())
+    t.dispatch(Dispatch(6, Task(11, 3, {}), 0.0, params()))
     (mid, _), = grid.of_type("train")
     grid.reply(mid, content)
     (ev,) = t.wait(None)
-    assert isinstance(ev, Result) and ev.task_id == 6
-    assert why in ev.info["malformed"]
-    assert ev.update.node_id == 11 and ev.update.base_version == 3 and ev.update.params == []
+    assert isinstance(ev, Malformed) and ev.task_id == 6 and ev.node_id == 11
+    assert why in ev.detail
 
 
 def test_replies_to_unknown_messages_are_ignored_and_wait_times_out_at_the_deadline():
     grid, clock, t = make(nodes=(11,))
     join(grid, t, {11: profile_reply("cpu", 10)})
-    t.dispatch(0, Task(11, 0, {}), params())
+    t.dispatch(Dispatch(0, Task(11, 0, {}), 0.0, params()))
     start = t.now()
     assert t.wait(start + 0.5) == []
     assert start + 0.5 <= t.now() < start + 0.6
@@ -408,16 +430,16 @@ def test_wait_with_nothing_in_flight_gives_up_after_idle_timeout():
     assert 5.0 <= clock.t - start < 5.2
 
 
-def test_the_array_record_is_built_once_per_model():
+def test_the_array_record_is_built_once_per_model_version():
     grid, _, t = make(nodes=(11, 12))
     join(grid, t, {11: profile_reply("cpu", 10), 12: profile_reply("cpu", 10)})
     p = params()
-    t.dispatch(0, Task(11, 0, {}), p)
-    t.dispatch(1, Task(12, 0, {}), p)
+    t.dispatch(Dispatch(0, Task(11, 0, {}), 0.0, p))
+    t.dispatch(Dispatch(1, Task(12, 0, {}), 0.0, list(p)))  # another list of the same version: still one record
     (_, a), (_, b) = grid.of_type("train")
     assert a.content[M.ARRAYS] is b.content[M.ARRAYS]
     q = [x + 1 for x in p]
-    t.dispatch(2, Task(11, 1, {}), q)
+    t.dispatch(Dispatch(2, Task(11, 1, {}), 0.0, q))
     (_, c), = [(i, m) for i, m in grid.of_type("train") if m.metadata.group_id == "1"]
     assert np.array_equal(c.content[M.ARRAYS][NAMES[0]].numpy(), q[0])
 
@@ -477,9 +499,9 @@ def test_orchestrator_rejects_a_malformed_reply_and_the_model_is_unchanged_by_it
 def test_settle_waits_until_every_outstanding_message_is_old_enough_and_drops_late_replies():
     grid, clock, t = make(nodes=(11, 12))
     join(grid, t, {11: profile_reply("cpu", 10), 12: profile_reply("cpu", 10)})
-    t.dispatch(1, Task(11, 0, {}), params())
+    t.dispatch(Dispatch(1, Task(11, 0, {}), t.now(), params()))
     clock.t += 4.0
-    t.dispatch(2, Task(12, 0, {}), params())  # sent 1 s before the run ends
+    t.dispatch(Dispatch(2, Task(12, 0, {}), t.now(), params()))  # sent 1 s before the run ends
     clock.t += 1.0
     (mid1, _), = grid.to_node("train", 11)
     grid.reply(mid1, train_reply(params(), {"num-examples": 10}))  # a reply after the run's end
@@ -495,5 +517,41 @@ def test_settle_returns_at_once_with_nothing_outstanding_and_stops_at_its_limit(
     join(grid, t, {11: profile_reply("cpu", 10)})
     start = clock.t
     assert t.settle() == 0 and clock.t == start
-    t.dispatch(1, Task(11, 0, {}), params())
+    t.dispatch(Dispatch(1, Task(11, 0, {}), 0.0, params()))
     assert t.settle(grace=60.0, limit=2.0) == 0 and 2.0 <= clock.t - start <= 2.5
+
+
+def test_a_checkpoint_over_flower_stores_each_model_once_and_no_work_in_flight(tmp_path):
+    """32 clients in flight at two versions, FedBuff with a part-filled buffer and server momentum: the checkpoint holds
+    the global model, the buffer and the momentum (3 models) and the run's bookkeeping, nothing per task (over Flower
+    the work in flight cannot be re-attached after a restart, so its models are not kept)."""
+    from fedhive.engine import checkpoint as ckpt
+
+    nodes = tuple(range(100, 132))
+    shapes = [(96, 256), (256,)]  # ~97 KiB of float32
+    answered = {"n": 0}
+
+    def responder(msg: Message):
+        if msg.metadata.message_type == M.PROFILE_QUERY:
+            return profile_reply("cpu", 20)
+        if answered["n"] >= 6:  # the rest keep training: 32 tasks in flight at the end
+            return None
+        answered["n"] += 1
+        arrays = [msg.content[M.ARRAYS][k].numpy() for k in ("w", "b")]
+        return train_reply(ArrayRecord({"w": Array(arrays[0] + 0.01), "b": Array(arrays[1] - 0.01)}),
+                           {"num-examples": 20, M.VERSION: msg.content[M.CONFIG][M.VERSION]})
+
+    grid, clock = FakeGrid(nodes, responder), FakeClock()
+    t = GridTransport(grid, ["w", "b"], clock=clock, sleep=clock.sleep, ttl=30.0, poll_interval=0.05,
+                      idle_timeout=5.0, profile_ttl=10.0)
+    assert t.wait_for_clients(len(nodes), timeout=10.0) == len(nodes)
+    strategy = build("fedbuff", {"buffer_size": 4, "server_momentum": 0.9})
+    orch = Orchestrator(strategy, t, stop=StopCondition(max_time=3.0), checkpoint_dir=tmp_path)
+    initial = [np.zeros(s, np.float32) for s in shapes]
+    res = orch.run(initial)
+    assert res.final["client_updates"] == 6 and strategy.version == 1 and strategy.buffer_fill == 2
+    (path,) = sorted(tmp_path.glob("ckpt-*.npz"))
+    state = ckpt.load(path)
+    assert len(state["in_flight"]) == len(nodes) and state["dispatched_params"] == {}
+    model_bytes = sum(a.nbytes for a in initial)
+    assert path.stat().st_size <= 3 * model_bytes + 64 * 1024, (path.stat().st_size, model_bytes)

@@ -6,13 +6,13 @@ import math
 import numpy as np
 import pytest
 
-from fedhive.server.orchestrator import Observer, Orchestrator, StopCondition
+from fedhive.engine import Observer, Orchestrator, StopCondition
 from fedhive.sim.executor import InlineExecutor
 from fedhive.sim.fleet import SimTransport
 from fedhive.sim.profiles import DeviceProfile, FleetSpec
 from fedhive.sim.runner import SimConfig, run_sim
 from fedhive.strategies import build
-from fedhive.strategies.base import Task
+from fedhive.strategies.base import Dispatch, Task
 from fedhive.tasks import load_task
 
 SLOW = DeviceProfile("slow", 0.5, 1_000_000, 0.1)
@@ -36,7 +36,7 @@ def test_duration_formula_on_hand_checked_profiles():
     assert tr.task_duration(0, 0, 4) == pytest.approx(expected_slow)
     assert tr.task_duration(3, 7, 4) == pytest.approx(2 * b / 10_000_000 + 4 * 0.01 * 2.0)
     params = task.initial_params(0)
-    tr.dispatch(0, Task(0, 0, {"local_steps": 4}), params)
+    tr.dispatch(Dispatch(0, Task(0, 0, {"local_steps": 4}), tr.now(), params))
     (ev,) = tr.wait(None)
     assert ev.time == pytest.approx(expected_slow) and ev.update.node_id == 0
     assert ev.update.metrics["steps"] == 4 and ev.update.metrics["seconds"] == pytest.approx(expected_slow)
@@ -85,7 +85,7 @@ def test_dropouts_fail_tasks_and_devices_rejoin():
 
 def test_fedasmu_fetches_the_global_model_mid_task_and_counts_its_bytes():
     task = synthetic()
-    strategy = build("fedasmu", {"local_steps": 10, "fetch_fraction": 0.5})
+    strategy = build("fedasmu", {"local_steps": 10, "fetch_fraction": 0.5, "server_adaptation": "heuristic"})
     tr = SimTransport(task, fleet(jitter=0.0), seed=0, executor=InlineExecutor(task),
                       global_model=lambda: (strategy.params, strategy.version))
     done = {}

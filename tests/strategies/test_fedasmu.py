@@ -9,10 +9,12 @@ import math
 import numpy as np
 import pytest
 
+from driven import Driven
 from fedhive.strategies.base import ClientInfo, Task, Update
 from fedhive.strategies.fedasmu import (
     FETCH_ARMS,
     DeviceAdjuster,
+    DevicePlan,
     FedASMU,
     fetch_step,
     mixing_alpha,
@@ -24,8 +26,10 @@ def _clients(n: int) -> list[ClientInfo]:
     return [ClientInfo(i, 10) for i in range(1, n + 1)]
 
 
-def _start(n: int = 3, w0=(1.0, 2.0, 3.0), **kw) -> FedASMU:
-    s = FedASMU(**kw)
+def _start(n: int = 3, w0=(1.0, 2.0, 3.0), **kw) -> Driven:
+    """A started FedASMU (through ``Driven``); the client-loss heuristic unless the test picks an adaptation."""
+    kw.setdefault("server_adaptation", "heuristic")
+    s = Driven(FedASMU(**kw))
     s.start([np.array(w0, dtype=np.float64)], _clients(n), now=0.0)
     return s
 
@@ -96,7 +100,7 @@ def test_staler_update_gets_smaller_alpha():
     tasks = [s.on_idle(ci, 0.0) for ci in _clients(3)]
     s.on_update(_upd(tasks[0], [0, 0, 0]), 1.0)                # v → 1
     fresh = s.on_idle(ClientInfo(1, 10), 1.0)                   # from v=1
-    s_copy = copy.deepcopy(s)
+    s_copy = s.resumed(copy.deepcopy(s.strategy))             # the same state, the same tasks in flight
     s.on_update(_upd(fresh, [5, 5, 5]), 2.0)                    # τ = 0 at v=1
     s_copy.on_update(_upd(tasks[1], [5, 5, 5]), 2.0)            # τ = 1 at v=1
     assert s_copy.last_alpha < s.last_alpha
@@ -112,7 +116,7 @@ def test_huge_mu_alpha_fresh_update_gives_client_model():
 
 
 def test_non_trainable_tensor_takes_client_value():
-    s = FedASMU()
+    s = Driven(FedASMU(server_adaptation="heuristic"))
     s.start([np.zeros(3), np.array([4], dtype=np.int64)], _clients(1), 0.0)
     t = s.on_idle(ClientInfo(1, 10), 0.0)
     s.on_update(Update(1, t.version, [np.full(3, 2.0), np.array([9], dtype=np.int64)], 10), 1.0)
@@ -131,13 +135,6 @@ def test_max_staleness_rejection_changes_nothing():
     assert (out.status, out.reason) == ("rejected", "stale")
     assert _w(s).tobytes() == before.tobytes() and s.version == version and s.last_alpha == alpha
     assert s.client_coefficients(3) == coeffs
-
-
-def test_future_version_rejected():
-    s = _start(1)
-    out = s.on_update(Update(1, 5, [np.ones(3)], 10), 0.0)
-    assert (out.status, out.reason) == ("rejected", "future_version")
-    assert s.version == 0
 
 
 # --------------------------------------------------------------------------- the server's adaptation
@@ -182,7 +179,7 @@ def _second_arrival_with_validation(target, lr=0.01):
     w0, c1, c2 = np.array([1.0, 2.0, 3.0]), np.array([3.0, 0.0, 1.0]), np.array([0.0, 4.0, -2.0])
     w1 = 0.5 * w0 + 0.5 * c1
     wstar = target(w1, c2)
-    s = FedASMU(validation_fn=_quadratic(wstar), server_meta_lr=lr)
+    s = Driven(FedASMU(validation_fn=_quadratic(wstar), server_meta_lr=lr))
     s.start([w0], _clients(2), 0.0)
     t1, t2 = s.on_idle(ClientInfo(1, 10), 0.0), s.on_idle(ClientInfo(2, 10), 0.0)
     s.on_update(Update(1, 0, [c1], 10), 1.0)
@@ -306,19 +303,19 @@ def test_adaptive_fetch_tries_all_arms_first_then_prefers_the_best():
 
 def test_adaptive_fetch_missing_metrics_and_failures():
     s = _start(1, fetch_fraction="adaptive")
-    t = s.on_idle(ClientInfo(1, 10), 0.0)
+    s.on_idle(ClientInfo(1, 10), 0.0)
     s.on_failure(1, 0.5)                                              # a failure teaches nothing
-    assert s.on_idle(ClientInfo(1, 10), 1.0).config["fetch_fraction"] == 0.25
+    t = s.on_idle(ClientInfo(1, 10), 1.0)
+    assert t.config["fetch_fraction"] == 0.25
     s.on_update(_upd(t, [0, 0, 0]), 1.5)                             # no metrics: reward 0, still a pull
     assert s.on_idle(ClientInfo(1, 10), 2.0).config["fetch_fraction"] == 0.5
 
 
 # --------------------------------------------------------------------------- determinism and persistence
-def _script(s: FedASMU, steps: range, rng_seed: int) -> list:
-    """A fixed event sequence over 3 clients: dispatch, then arrivals in a staggered order."""
+def _script(s: Driven, steps: range, rng_seed: int, tasks: dict[int, Task]) -> list:
+    """A fixed event sequence over 3 clients: dispatch, then arrivals in a staggered order (``tasks``: in flight)."""
     rng = np.random.default_rng(rng_seed)
     configs = []
-    tasks = {}
     for k in steps:
         node = 1 + k % 3
         if node not in tasks:
@@ -333,37 +330,42 @@ def _script(s: FedASMU, steps: range, rng_seed: int) -> list:
     return configs
 
 
-def _make(validation: bool) -> FedASMU:
+def _make(adaptation: str) -> Driven:
     target = [np.full(4, 0.1, np.float32), np.eye(2, dtype=np.float32)]
 
     def fn(params):
         grads = [p - q for p, q in zip(params, target)]
         return 0.5 * sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads), grads
 
-    s = FedASMU(fetch_fraction="adaptive", server_meta_lr=0.05, validation_fn=fn if validation else None)
+    s = Driven(FedASMU(fetch_fraction="adaptive", server_meta_lr=0.05, server_adaptation=adaptation,
+                       validation_fn=fn if adaptation == "validation" else None))
     s.start([np.zeros(4, np.float32), np.zeros((2, 2), np.float32)], [ClientInfo(i, 10 * i) for i in (1, 2, 3)], 0.0)
     return s
 
 
-@pytest.mark.parametrize("validation", [False, True])
-def test_determinism(validation):
-    a, b = _make(validation), _make(validation)
-    ca, cb = _script(a, range(60), 7), _script(b, range(60), 7)
+@pytest.mark.parametrize("adaptation", ["heuristic", "validation", "off"])
+def test_determinism(adaptation):
+    a, b = _make(adaptation), _make(adaptation)
+    ca, cb = _script(a, range(60), 7, {}), _script(b, range(60), 7, {})
     assert ca == cb
     assert [p.tobytes() for p in a.params] == [p.tobytes() for p in b.params]
     assert a.state_dict()["strategy"] == b.state_dict()["strategy"]
 
 
-@pytest.mark.parametrize("validation", [False, True])
-def test_state_dict_round_trip_continues_bit_identically(validation):
-    a = _make(validation)
-    _script(a, range(31), 3)                                          # stop with tasks in flight
+@pytest.mark.parametrize("adaptation", ["heuristic", "validation", "off"])
+def test_state_dict_round_trip_continues_bit_identically(adaptation):
+    a = _make(adaptation)
+    tasks_a: dict[int, Task] = {}
+    _script(a, range(31), 3, tasks_a)                                 # stop with tasks in flight
+    assert tasks_a and set(tasks_a) == a.in_flight
     state = a.state_dict()
     state["strategy"] = json.loads(json.dumps(state["strategy"]))     # int node ids become strings
-    b = _make(validation)
-    b.load_state_dict(copy.deepcopy(state))
+    restored = _make(adaptation).strategy
+    restored.load_state_dict(copy.deepcopy(state))
+    b = a.resumed(restored)                                           # the engine resumes its tasks in flight
+    tasks_b = dict(tasks_a)
     assert b.last_alpha == a.last_alpha and b.version == a.version
-    ca, cb = _script(a, range(31, 90), 11), _script(b, range(31, 90), 11)
+    ca, cb = _script(a, range(31, 90), 11, tasks_a), _script(b, range(31, 90), 11, tasks_b)
     assert ca == cb
     assert [p.tobytes() for p in a.params] == [p.tobytes() for p in b.params]
     assert a.state_dict()["strategy"] == b.state_dict()["strategy"]
@@ -375,7 +377,181 @@ def test_state_dict_round_trip_continues_bit_identically(validation):
     {"local_steps": 0}, {"mu_alpha": 0.0}, {"lam": 0.0}, {"sigma": -0.1}, {"iota": -1.0}, {"server_meta_lr": -1.0},
     {"mu_beta": -1.0}, {"gamma": 0.0}, {"upsilon": -0.5}, {"local_meta_lr": float("nan")}, {"fetch_fraction": 0.0},
     {"fetch_fraction": 1.0}, {"fetch_fraction": "auto"}, {"max_staleness": -1}, {"validation_fn": 3},
+    {"server_adaptation": "gradient"}, {"server_adaptation": None},
 ])
 def test_bad_parameters_raise(kw):
     with pytest.raises(ValueError):
         FedASMU(**kw)
+
+
+# --------------------------------------------------------------------------- server_adaptation
+def _counting(fn):
+    calls = []
+
+    def wrapped(params):
+        calls.append(1)
+        return fn(params)
+
+    return wrapped, calls
+
+
+def _heuristic_sequence(s) -> None:
+    """The arrivals of test_heuristic_moves_coefficients_in_the_right_direction, for client 1."""
+    t1 = s.on_idle(ClientInfo(1, 10), 0.0)
+    s.on_update(_upd(t1, [0, 0, 0], loss=1.0), 1.0)
+    t1 = s.on_idle(ClientInfo(1, 10), 1.0)
+    s.on_update(_upd(t1, [0, 0, 0], loss=0.5), 2.0)            # sig = +0.5
+
+
+def test_server_adaptation_off_keeps_lambda_sigma_iota():
+    fn, calls = _counting(_quadratic(np.zeros(3)))
+    s = _start(2, server_adaptation="off", validation_fn=fn, server_meta_lr=0.5)
+    assert not s.needs_validation and s.config()["server_adaptation"] == "off"
+    tasks = {i: s.on_idle(ClientInfo(i, 10), 0.0) for i in (1, 2)}
+    alphas = []
+    for k, (node, loss) in enumerate([(1, 1.0), (2, 3.0), (1, 0.2), (2, 0.1), (1, 5.0)]):
+        s.on_update(_upd(tasks[node], [k, -k, 2 * k], loss=loss), 1.0 + k)
+        alphas.append(s.last_alpha)
+        tasks[node] = s.on_idle(ClientInfo(node, 10), 1.0 + k)
+    for node in (1, 2):
+        assert s.client_coefficients(node) == {"lam": 1.0, "sigma": 0.5, "iota": 0.0, "gamma": 1.0, "upsilon": 0.5}
+    assert calls == [] and s.version == 5
+    # α is still Eq. (1)-(2) with the initial coefficients: v=0 τ=0, v=1 τ=1, v=2 τ=1, v=3 τ=1, v=4 τ=1
+    assert alphas == pytest.approx([mixing_alpha(v, o, 1.0, 0.5, 0.0, 1.0)
+                                    for v, o in [(0, 0), (1, 0), (2, 1), (3, 2), (4, 3)]], rel=1e-15)
+
+
+def test_server_adaptation_heuristic_ignores_a_validation_function():
+    fn, calls = _counting(_quadratic(np.zeros(3)))
+    s = _start(2, server_adaptation="heuristic", validation_fn=fn)
+    _heuristic_sequence(s)
+    c = s.client_coefficients(1)
+    assert c["lam"] == pytest.approx(1.005) and c["sigma"] == pytest.approx(0.495) and c["iota"] == pytest.approx(0.005)
+    assert calls == []
+
+
+def test_server_adaptation_validation_ignores_client_losses():
+    fn, calls = _counting(_quadratic(np.array([1.0, 2.0, 3.0])))    # w* = w0: every step should shrink α
+    s = _start(2, server_adaptation="validation", validation_fn=fn)
+    _heuristic_sequence(s)
+    assert len(calls) == 2                                          # one meta step per applied arrival
+    c = s.client_coefficients(1)
+    assert c["lam"] < 1.0 and c["iota"] == 0.0                      # the heuristic would have raised λ and ι
+    assert c["sigma"] == 0.5                                        # delay 1: dξ/dσ ∝ ln(1) = 0
+
+
+def test_server_adaptation_validation_without_a_function_fails_at_start():
+    s = FedASMU()                                                   # the default
+    assert s.server_adaptation == "validation" and s.needs_validation
+    with pytest.raises(ValueError, match="heuristic"):
+        s.start([np.zeros(3)], _clients(1), 0.0)
+    with pytest.raises(ValueError, match="validation function"):
+        FedASMU(server_adaptation="validation").start([np.zeros(3)], _clients(1), 0.0)
+    for other in ("heuristic", "off"):
+        t = FedASMU(server_adaptation=other)
+        assert not t.needs_validation
+        t.start([np.zeros(3)], _clients(1), 0.0)
+
+
+def test_set_validation_is_the_same_as_the_constructor_argument():
+    target = np.array([0.5, 0.5, 0.5])
+    given = _start(2, server_adaptation="validation", validation_fn=_quadratic(target))
+    late = FedASMU()
+    assert late.needs_validation
+    late.set_validation(_quadratic(target))
+    assert not late.needs_validation
+    late = Driven(late)
+    late.start([np.array([1.0, 2.0, 3.0])], _clients(2), 0.0)
+    for s in (given, late):
+        _heuristic_sequence(s)
+    assert given.client_coefficients(1) == late.client_coefficients(1) != _start(2).client_coefficients(1)
+    with pytest.raises(ValueError, match="callable"):
+        FedASMU().set_validation(3)
+
+
+def test_bad_server_adaptation_lists_the_choices():
+    with pytest.raises(ValueError, match="server_adaptation must be one of validation, heuristic, off"):
+        FedASMU(server_adaptation="gradient")
+
+
+# --------------------------------------------------------------------------- capabilities and gauges
+def test_needs_the_model_store_and_reports_alpha():
+    assert FedASMU.needs_model_store is True and FedASMU(server_adaptation="off").needs_model_store
+    s = _start(3)
+    assert s.gauges() == {"alpha": 0.0}                              # before the first applied arrival
+    a, b, c = (s.on_idle(ci, 0.0) for ci in _clients(3))
+    s.on_update(_upd(a, [3, 2, 1]), 1.0)
+    assert s.gauges() == {"alpha": pytest.approx(0.5)}              # test_server_steps_exact's α values
+    s.on_update(_upd(b, [0, 0, 6]), 2.0)
+    assert s.gauges() == {"alpha": pytest.approx(1 / 3)}
+    assert s.gauges()["alpha"] == s.last_alpha
+
+
+def test_alpha_gauge_keeps_the_last_applied_value_after_a_rejection():
+    s = _start(3, max_staleness=0)
+    a, b, _ = (s.on_idle(ci, 0.0) for ci in _clients(3))
+    s.on_update(_upd(a, [0, 0, 0]), 1.0)
+    assert s.on_update(_upd(b, [9, 9, 9]), 2.0).reason == "stale"
+    assert s.gauges() == {"alpha": pytest.approx(0.5)}
+
+
+# --------------------------------------------------------------------------- DevicePlan
+def test_device_plan_of_needs_a_fetch_inside_the_steps():
+    base = {"local_steps": 20, "mu_beta": 1.0, "gamma": 1.0, "upsilon": 0.5, "local_meta_lr": 0.01}
+    assert DevicePlan.of(base, 0) is None                                           # no fetch_step
+    for fs in (0, 20, 21, -1, True, False, 10.0, "10", None):
+        assert DevicePlan.of({**base, "fetch_step": fs}, 0) is None, fs
+    assert DevicePlan.of({**base, "fetch_step": 10, "local_steps": True}, 0) is None
+    assert DevicePlan.of({"fetch_step": 5}, 0) is None                              # no local_steps
+    s1 = _start(1, local_steps=1)
+    assert DevicePlan.of(s1.on_idle(ClientInfo(1, 10), 0.0).config, 0) is None    # FedASMU sends no fetch then
+    assert DevicePlan.of({**base, "fetch_step": 1}, 0).first == 1
+    assert DevicePlan.of({**base, "fetch_step": 19}, 0).rest == 1
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 0.75])
+def test_device_plan_spans(fraction):
+    s = _start(1, fetch_fraction=fraction)
+    task = s.on_idle(ClientInfo(1, 10), 0.0)
+    plan = DevicePlan.of(task.config, task.version)
+    assert plan is not None and plan.steps == 20
+    assert plan.first == fetch_step(20, fraction) and plan.first + plan.rest == plan.steps
+    first, rest = plan.first_config(), plan.rest_config()
+    assert "fetch_step" not in first and "fetch_step" not in rest
+    assert first["local_steps"] == plan.first and rest["local_steps"] == plan.rest
+    others = {k: v for k, v in task.config.items() if k not in ("fetch_step", "local_steps")}
+    assert {k: v for k, v in first.items() if k != "local_steps"} == others
+    assert {k: v for k, v in rest.items() if k != "local_steps"} == others
+    assert task.config["fetch_step"] == plan.first and task.config["local_steps"] == 20   # the task is untouched
+
+
+def test_device_plan_fuse_then_finish_reports_the_fusion():
+    s = _start(1)
+    task = s.on_idle(ClientInfo(1, 10), 0.0)                         # o = 0, γ = 1, υ = 0.5, μ_β = 1
+    plan = DevicePlan.of(task.config, task.version)
+    local = [np.array([1.0, 2.0, 3.0]), np.array([7], dtype=np.int64)]
+    glob = [np.array([5.0, 2.0, -1.0]), np.array([0], dtype=np.int64)]
+    out = plan.fuse(local, {"loss": 1.0, "loss_before": 2.0}, glob, 3, 1234)
+    beta = 0.38819660112501053 / 1.3881966011250105                   # o=0, v'=3 (test_beta_hand_checked_and_skip)
+    np.testing.assert_allclose(out[0], (1 - beta) * local[0] + beta * glob[0], rtol=1e-15)
+    assert out[1].tolist() == [7]
+    m = plan.finish({"loss": 0.6, "seconds": 2.5, "loss_before": 9.0})   # loss fell 0.4 over the fusion
+    assert m["gamma"] == pytest.approx(1.004) and m["upsilon"] == pytest.approx(0.496)
+    assert m["beta"] == pytest.approx(beta) and m["fetch_version"] == 3 and m["fetch_bytes"] == 1234
+    assert m["steps"] == 20                                          # the whole task's, not the second span's
+    assert m["loss_before"] == 2.0                                   # the first span's: the task's starting model
+    assert m["loss"] == 0.6 and m["seconds"] == 2.5                  # the second span's metrics pass through
+
+
+def test_device_plan_skipped_fusion_reports_beta_zero():
+    s = _start(1)
+    task = s.on_idle(ClientInfo(1, 10), 0.0)
+    local = [np.array([1.0, 2.0, 3.0])]
+    for fetched, version in ((None, 4), ([np.ones(3)], 0)):          # the store had nothing / nothing newer than o
+        plan = DevicePlan.of(task.config, task.version)
+        out = plan.fuse(local, {"loss": 1.0}, fetched, version, 0)
+        assert out[0] is local[0]
+        m = plan.finish({"loss": 0.1, "loss_before": 1.5})
+        assert m["beta"] == 0.0 and m["fetch_version"] == version and m["fetch_bytes"] == 0
+        assert (m["gamma"], m["upsilon"]) == (1.0, 0.5)              # no fusion: no device adaptation
+        assert m["steps"] == 20 and m["loss_before"] == 1.5          # no first-span loss_before: the reply's own

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from fedhive.strategies import FedAsync
+from driven import Driven
 from fedhive.strategies.base import ClientInfo, Update
 from scripted import run
 
@@ -9,7 +10,7 @@ C = [ClientInfo(0, 10, "cpu"), ClientInfo(1, 30, "cpu")]
 
 
 def start(**kw):
-    s = FedAsync(**kw)
+    s = Driven(FedAsync(**kw))
     s.start([np.zeros(3)], C, 0.0)
     for c in C:
         assert s.on_idle(c, 0.0).version == 0
@@ -44,7 +45,7 @@ def test_staler_update_moves_the_model_less():
 
 
 def test_non_trainable_takes_the_client_value():
-    s = FedAsync(alpha=0.5, non_trainable=[1])
+    s = Driven(FedAsync(alpha=0.5, non_trainable=[1]))
     s.start([np.zeros(2), np.zeros(2)], C, 0.0)
     s.on_idle(C[0], 0.0)
     s.on_update(Update(0, 0, [np.ones(2), np.full(2, 7.0)], 10, {}), 1.0)

@@ -2,6 +2,7 @@ import numpy as np
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
+from driven import Driven
 from fedhive.strategies import FedAvg
 from fedhive.strategies.base import ClientInfo, Update
 from scripted import run
@@ -10,7 +11,7 @@ C = [ClientInfo(0, 10, "gpu"), ClientInfo(1, 30, "cpu"), ClientInfo(2, 20, "rpi4
 
 
 def test_hand_checked_round():
-    s = FedAvg(local_steps=5)
+    s = Driven(FedAvg(local_steps=5))
     s.start([np.zeros(3)], C[:2], 0.0)
     tasks = [s.on_idle(c, 0.0) for c in C[:2]]
     assert [t.config["local_steps"] for t in tasks] == [5, 5]
@@ -22,7 +23,7 @@ def test_hand_checked_round():
 
 
 def test_idle_clients_wait_for_the_round():
-    s = FedAvg()
+    s = Driven(FedAvg())
     s.start([np.zeros(3)], C[:2], 0.0)
     s.on_idle(C[0], 0.0)
     s.on_idle(C[1], 0.0)
@@ -33,7 +34,7 @@ def test_idle_clients_wait_for_the_round():
 
 
 def test_failed_clients_are_excluded_and_weights_renormalised():
-    s = FedAvg()
+    s = Driven(FedAvg())
     s.start([np.zeros(3)], C, 0.0)
     for c in C:
         s.on_idle(c, 0.0)
@@ -44,7 +45,7 @@ def test_failed_clients_are_excluded_and_weights_renormalised():
 
 
 def test_round_timeout_drops_late_replies():
-    s = FedAvg(round_timeout=10.0)
+    s = Driven(FedAvg(round_timeout=10.0))
     s.start([np.zeros(3)], C[:2], 0.0)
     s.on_idle(C[0], 0.0)
     s.on_idle(C[1], 0.0)
@@ -60,7 +61,7 @@ def test_round_timeout_drops_late_replies():
 def test_fraction_samples_deterministically():
     picks = []
     for _ in range(2):
-        s = FedAvg(fraction=0.5, seed=3)
+        s = Driven(FedAvg(fraction=0.5, seed=3))
         s.start([np.zeros(1)], [ClientInfo(i, 1, "cpu") for i in range(6)], 0.0)
         picks.append([i for i in range(6) if s.on_idle(ClientInfo(i, 1, "cpu"), 0.0) is not None])
     assert picks[0] == picks[1] and len(picks[0]) == 3
@@ -74,7 +75,7 @@ def test_equals_flowers_own_fedavg_aggregation():
                for p, n in replies]
     flower = aggregate_arrayrecords(records, "num-examples").to_numpy_ndarrays()
 
-    s = FedAvg()
+    s = Driven(FedAvg())
     clients = [ClientInfo(i, n, "cpu") for i, (_, n) in enumerate(replies)]
     s.start([np.zeros(sh, np.float32) for sh in shapes], clients, 0.0)
     for c in clients:
@@ -94,7 +95,7 @@ def test_deterministic_runs_are_bit_identical():
 
 
 def test_integer_counters_take_the_plain_mean():
-    s = FedAvg()
+    s = Driven(FedAvg())
     s.start([np.zeros(2, np.float32), np.array(0, np.int64)], C[:2], 0.0)
     for c in C[:2]:
         s.on_idle(c, 0.0)

@@ -1,5 +1,6 @@
 import numpy as np
 
+from driven import Driven
 from fedhive.strategies import FedAvg, FedBuff
 from fedhive.strategies.base import ClientInfo, Update
 from scripted import run
@@ -8,7 +9,7 @@ C = [ClientInfo(0, 10, "cpu"), ClientInfo(1, 30, "cpu"), ClientInfo(2, 20, "cpu"
 
 
 def test_hand_checked_buffer_with_staleness():
-    s = FedBuff(buffer_size=2)
+    s = Driven(FedBuff(buffer_size=2))
     s.start([np.ones(3)], C, 0.0)
     for c in C:
         s.on_idle(c, 0.0)
@@ -28,7 +29,7 @@ def test_hand_checked_buffer_with_staleness():
 
 
 def test_k1_fresh_equals_a_fedavg_step():
-    buff, avg = FedBuff(buffer_size=1, server_lr=1.0), FedAvg()
+    buff, avg = Driven(FedBuff(buffer_size=1, server_lr=1.0)), Driven(FedAvg())
     for s in (buff, avg):
         s.start([np.array([0.5, -1.0, 2.0])], C[:1], 0.0)
         s.on_idle(C[0], 0.0)
@@ -39,7 +40,7 @@ def test_k1_fresh_equals_a_fedavg_step():
 def test_staler_update_moves_the_model_less():
     moved = []
     for stale in (False, True):
-        s = FedBuff(buffer_size=1)
+        s = Driven(FedBuff(buffer_size=1))
         s.start([np.zeros(3)], C, 0.0)
         s.on_idle(C[0], 0.0)
         s.on_idle(C[1], 0.0)
@@ -54,7 +55,7 @@ def test_staler_update_moves_the_model_less():
 
 
 def test_max_staleness_rejects_and_leaves_the_model():
-    s = FedBuff(buffer_size=1, max_staleness=0)
+    s = Driven(FedBuff(buffer_size=1, max_staleness=0))
     s.start([np.zeros(3)], C, 0.0)
     s.on_idle(C[0], 0.0)
     s.on_idle(C[1], 0.0)
@@ -67,7 +68,7 @@ def test_max_staleness_rejects_and_leaves_the_model():
 
 
 def test_max_concurrency_parks_clients_until_a_slot_frees():
-    s = FedBuff(max_concurrency=1)
+    s = Driven(FedBuff(max_concurrency=1))
     s.start([np.zeros(3)], C, 0.0)
     assert s.on_idle(C[0], 0.0) is not None
     epoch = s.wake_epoch
@@ -78,7 +79,7 @@ def test_max_concurrency_parks_clients_until_a_slot_frees():
 
 
 def test_server_momentum():
-    s = FedBuff(buffer_size=1, server_lr=1.0, server_momentum=0.5)
+    s = Driven(FedBuff(buffer_size=1, server_lr=1.0, server_momentum=0.5))
     s.start([np.zeros(1)], C[:1], 0.0)
     s.on_idle(C[0], 0.0)
     s.on_update(Update(0, 0, [np.ones(1)], 10, {}), 1.0)  # m = -1, w = 1
@@ -87,19 +88,48 @@ def test_server_momentum():
     np.testing.assert_allclose(s.params[0], [2.5])
 
 
-def test_history_keeps_only_models_still_referenced():
-    s = FedBuff(buffer_size=1)
-    s.start([np.zeros(3)], C, 0.0)
-    for step in range(20):
-        s.on_idle(C[0], float(step))
-        s.on_update(Update(0, s.version, [np.full(3, float(step))], 10, {}), step + 0.5)
-    assert len(s._history) == 0
-    s.on_idle(C[1], 30.0)
-    assert len(s._history) == 1
-
-
 def test_deterministic_runs_are_bit_identical():
     a, _, _ = run("fedbuff", {"buffer_size": 2})
     b, _, _ = run("fedbuff", {"buffer_size": 2})
     assert all(x.tobytes() == y.tobytes() for x, y in zip(a.params, b.params))
     assert a.final["version"] > 10
+
+
+def test_gauges_report_the_buffer_fill():
+    s = Driven(FedBuff(buffer_size=3))
+    s.start([np.zeros(3)], C, 0.0)
+    assert s.gauges() == {"buffer_fill": 0.0}
+    for c in C:
+        s.on_idle(c, 0.0)
+    s.on_update(Update(0, 0, [np.ones(3)], 10, {}), 1.0)
+    assert s.gauges() == {"buffer_fill": 1.0}
+    s.on_update(Update(1, 0, [np.ones(3)], 30, {}), 2.0)
+    assert s.gauges() == {"buffer_fill": 2.0} and s.version == 0
+    s.on_failure(2, 2.5)                                   # a failure adds nothing to the buffer
+    assert s.gauges() == {"buffer_fill": 2.0}
+    s.on_idle(C[2], 3.0)
+    assert s.on_update(Update(2, 0, [np.ones(3)], 20, {}), 4.0).status == "applied"
+    assert s.gauges() == {"buffer_fill": 0.0} and s.version == 1
+
+
+def test_delta_is_taken_against_the_model_in_the_dispatch_record():
+    """FedBuff keeps no model history: Δ = w(sent) − w_i uses the engine's record, whatever the client claims."""
+    from fedhive.strategies.base import Dispatch
+
+    s = FedBuff(buffer_size=1)
+    s.start([np.zeros(3)], C, 0.0)
+    task = s.on_idle(C[0], 0.0)
+    sent = Dispatch(0, task, 0.0, [np.full(3, 2.0)])      # the record says the task went out with w = [2, 2, 2]
+    s.on_update(Update(0, None, [np.full(3, 1.5)], 10, {}), sent, 1.0)
+    np.testing.assert_allclose(s.params[0], np.full(3, -0.5))  # w − (w(sent) − w_i) = 0 − (2 − 1.5)
+    assert s.version == 1
+
+
+def test_wakeups_are_tracked_only_with_a_concurrency_cap():
+    assert FedBuff().tracks_wakeups is False
+    s = FedBuff()
+    s.start([np.zeros(1)], C, 0.0)
+    assert s.wake_epoch is None                            # no cap: nothing is ever parked, ask always
+    capped = FedBuff(max_concurrency=2)
+    capped.start([np.zeros(1)], C, 0.0)
+    assert capped.tracks_wakeups is True and isinstance(capped.wake_epoch, int)

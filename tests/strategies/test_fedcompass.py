@@ -11,7 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from fedhive.strategies.base import APPLIED, BUFFERED, ClientInfo, Update
+from driven import Driven
+from fedhive.strategies.base import APPLIED, BUFFERED, ClientInfo, Dispatch, Update
 from fedhive.strategies.fedcompass import FedCompass
 
 W0 = [np.array([1.0, 2.0, 3.0])]
@@ -19,25 +20,20 @@ W0 = [np.array([1.0, 2.0, 3.0])]
 
 # --------------------------------------------------------------------------- a scripted harness
 class Script:
-    """Calls the strategy's handlers one at a time, remembering what each client was sent."""
+    """Calls the strategy's handlers one at a time, through ``Driven`` (which keeps what each client was sent)."""
 
     def __init__(self, strategy: FedCompass, sizes: dict[int, int], start: list[int], params=W0):
-        self.s = strategy
+        self.s = Driven(strategy)
         self.info = {i: ClientInfo(i, n) for i, n in sizes.items()}
-        self.sent: dict[int, tuple] = {}
         self.s.start(params, [self.info[i] for i in start], 0.0)
 
     def idle(self, node: int, now: float):
-        task = self.s.on_idle(self.info[node], now)
-        if task is not None:
-            assert task.version == self.s.version
-            self.sent[node] = (task, self.s.params)
-        return task
+        return self.s.on_idle(self.info[node], now)
 
     def arrive(self, node: int, now: float, w=None):
-        task, sent = self.sent.pop(node)
-        w_i = [np.array(w, dtype=np.float64)] if w is not None else [sent[0] + node]
-        return self.s.on_update(Update(node, task.version, w_i, self.info[node].num_examples), now)
+        sent = self.s.sent(node)
+        w_i = [np.array(w, dtype=np.float64)] if w is not None else [sent.params[0] + node]
+        return self.s.on_update(Update(node, sent.task.version, w_i, self.info[node].num_examples), now)
 
 
 def steps_and_group(task):
@@ -236,14 +232,13 @@ def test_group_timer_and_late_buffer_math():
     w5 = w4 - 0.5 * 0.5 * 0.75 * (w3 - 1.0) - 0.5 * 0.75 * (w4 - 2.0) - 0.5 * 0.25 * (w4 - 0.0)
     np.testing.assert_allclose(s.params[0], w5, rtol=0, atol=1e-14)
     assert s.buffered == 0 and s.version == 5
-    assert len(s._history) == 0                                               # every base model released
-    sc.idle(1, 36), sc.idle(2, 36)
-    assert len(s._history) == 1                                               # v5, held by the new tasks
+    st = s.state_dict()["strategy"]                                           # no update (nor its base model) kept
+    assert st["buffer"] == [] and all(g["arrived"] == [] for g in st["groups"])
 
 
 def test_non_trainable_single_takes_client_value_group_takes_mean():
     params = [np.array([1.0, 2.0, 3.0]), np.array([10.0, 20.0]), np.array([4, 6], dtype=np.int64)]
-    s = per_step(non_trainable=[1])
+    s = Driven(per_step(non_trainable=[1]))
     info = {1: ClientInfo(1, 1), 2: ClientInfo(2, 1)}
     s.start(params, info.values(), 0.0)
     t1, t2 = s.on_idle(info[1], 0.0), s.on_idle(info[2], 0.0)
@@ -267,7 +262,7 @@ def test_non_trainable_single_takes_client_value_group_takes_mean():
 # --------------------------------------------------------------------------- degenerate cases and signs
 def test_one_all_client_group_alpha_1_is_fedavg():
     sizes = {1: 10, 2: 30, 3: 60}
-    s = per_step(alpha=1.0, staleness="polynomial")
+    s = Driven(per_step(alpha=1.0, staleness="polynomial"))
     info = {i: ClientInfo(i, n) for i, n in sizes.items()}
     s.start(W0, info.values(), 0.0)
     tasks = {i: s.on_idle(info[i], 0.0) for i in sizes}
@@ -289,7 +284,7 @@ def test_one_all_client_group_alpha_1_is_fedavg():
 
 def test_staler_update_moves_w_less():
     def moved(n_before: int) -> float:
-        s = FedCompass(q_min=2, q_max=8, alpha=0.9, speed_model="per_step", client_weights="equal")
+        s = Driven(FedCompass(q_min=2, q_max=8, alpha=0.9, speed_model="per_step", client_weights="equal"))
         info = {i: ClientInfo(i, 1) for i in (1, 2, 3)}
         s.start(W0, info.values(), 0.0)
         t = {i: s.on_idle(info[i], 0.0) for i in info}
@@ -332,7 +327,8 @@ class Sim:
             q = task.config["local_steps"]
             self.idle.discard(i)
             self.log.append(("task", self.now, i, q, task.config.get("group"), task.version))
-            heapq.heappush(self.heap, (self.now + self.dur[i](q), self.seq, i, task, self.s.params))
+            sent = Dispatch(self.seq, task, self.now, self.s.params)      # the engine's record of the task
+            heapq.heappush(self.heap, (self.now + self.dur[i](q), self.seq, i, sent))
             self.seq += 1
 
     def step(self):
@@ -342,11 +338,11 @@ class Sim:
             self.s.on_timer(timer)
             self.log.append(("timer", timer, self.s.version))
         else:
-            t, _, i, task, sent = heapq.heappop(self.heap)
+            t, _, i, sent = heapq.heappop(self.heap)
             self.now = t
-            w = [sent[0] + 0.25 * (self.target[i] - sent[0])]
-            out = self.s.on_update(Update(i, task.version, w, self.info[i].num_examples), t)
-            self.log.append(("arrive", t, i, task.config.get("group"), out.status, self.s.version))
+            w = [sent.params[0] + 0.25 * (self.target[i] - sent.params[0])]
+            out = self.s.on_update(Update(i, sent.task.version, w, self.info[i].num_examples), sent, t)
+            self.log.append(("arrive", t, i, sent.task.config.get("group"), out.status, self.s.version))
             self.idle.add(i)
         self._dispatch()
 
@@ -403,7 +399,7 @@ def test_state_dict_round_trip_continues_bit_identically(speed_model):
         raise AssertionError("no event left both buffers non-empty")
     state = a.s.state_dict()
     try:                                                   # through the checkpoint codec and JSON, when present
-        from fedhive.server import checkpoint
+        from fedhive.engine import checkpoint
         tree, arrays = checkpoint.encode(state)
         state = checkpoint.decode(json.loads(json.dumps(tree)), {k: v.copy() for k, v in arrays.items()})
     except ImportError:
@@ -420,9 +416,19 @@ def test_state_dict_round_trip_continues_bit_identically(speed_model):
 def test_state_dict_mid_group_has_int_keys_and_arrays():
     durs = {i: proportional(s) for i, s in PER_STEP_SECONDS.items()}
     a = Sim(make(), durs, SIZES).start().run(40)
+    for _ in range(300):                                   # stop where a group holds on-time updates
+        if any(g["arrived"] for g in a.s.groups):
+            break
+        a.step()
+    else:
+        raise AssertionError("no group ever held an arrival")
     st = a.s.state_dict()["strategy"]
     assert all(isinstance(i, int) for i, _ in st["speed"])
-    assert all(isinstance(v, int) for v in st["history"]["refs"])
+    arrived = [e for g in st["groups"] for e in g["arrived"]]
+    assert arrived
+    for j, ts, w_j, base in arrived + st["buffer"]:         # (client, version sent, its model, the model sent)
+        assert isinstance(j, int) and isinstance(ts, int)
+        assert all(isinstance(p, np.ndarray) for p in (*w_j, *base))
 
 
 def test_task_local_steps_is_the_assigned_q_and_speeds_are_learned():
@@ -471,36 +477,20 @@ def test_failure_completes_group_and_client_returns_through_assign():
     assert sc.arrive(2, 15) == BUFFERED
     v = s.version
     s.on_failure(1, 15.5)                                 # G0's last pending member is gone: aggregate now
-    sc.sent.pop(1)
     assert s.version == v + 1 and s.groups[0]["pending"] == [2]
     assert steps_and_group(sc.idle(2, 15.5)) == (8, 1)
     # G1 {2}: T_exp 15.5 + 8·1.5 = 27.5. Client 1 comes back: S1 is known, so it goes through ASSIGN:
     # JOIN floor((27.5 − 22)/1) = 5
     assert steps_and_group(sc.idle(1, 22)) == (5, 1)
-    assert len(s._history) == 1
 
 
-def test_failure_of_lone_member_deletes_group_and_unknown_update_is_rejected():
+def test_failure_of_lone_member_deletes_group():
     sc = Script(per_step(), {1: 1, 2: 1}, start=[1, 2])
     s = sc.s
     sc.idle(1, 0)
     sc.arrive(1, 8), sc.idle(1, 8)
     s.on_failure(1, 9.0)
-    assert s.groups == [] and s.next_timer() is None and len(s._history) == 0
-    out = s.on_update(Update(1, s.version, [W0[0]], 1), 10.0)
-    assert out.status == "rejected" and out.reason == "unknown_task"
-    t = sc.idle(2, 10)
-    out = s.on_update(Update(2, t.version + 1, [W0[0]], 1), 11.0)
-    assert (out.status, out.reason) == ("rejected", "version_mismatch") and len(s._history) == 0
-
-
-def test_idle_while_busy_ends_the_old_task():
-    sc = Script(per_step(), {1: 1, 2: 1}, start=[1, 2])
-    sc.idle(1, 0)
-    sc.arrive(1, 8), sc.idle(1, 8)                       # G0 {1}
-    assert len(sc.s._history) == 1
-    assert steps_and_group(sc.idle(1, 9)) == (8, 1)      # G0 dropped with the lost task; S1 = 1 -> new group
-    assert [g["id"] for g in sc.s.groups] == [1] and len(sc.s._history) == 1
+    assert s.groups == [] and s.next_timer() is None
 
 
 def test_diverged_aggregation_keeps_model_and_reassigns():
@@ -535,9 +525,28 @@ def test_bad_parameters(kw, match):
         FedCompass(**kw)
 
 
-def test_defaults_and_summary():
+def test_defaults():
     s = FedCompass()
     assert s.config() == {"q_min": 20, "q_max": 100, "lam": 1.5, "speed_momentum": 0.9, "alpha": 0.9,
                           "staleness": "polynomial", "staleness_a": 0.5, "staleness_b": None,
                           "client_weights": "samples", "speed_model": "affine"}
-    assert s.summary().startswith("fedcompass(")
+
+
+def test_gauges_follow_the_groups_and_the_buffer():
+    sc = Script(per_step(), {1: 1, 2: 1, 3: 2, 4: 1}, start=[1, 2, 3])
+    s = sc.s
+    assert s.gauges() == {"open_groups": 0.0, "buffered": 0.0}
+    run_table(sc, MAIN[:4])                                    # G0 made at the first arrival
+    assert s.gauges() == {"open_groups": 1.0, "buffered": 0.0}
+    cut = next(k for k, r in enumerate(MAIN) if r[0] == 32 and r[1] == "next")
+    run_table(sc, MAIN[4:cut])                                 # G2, G3, G4 open (see the intermediate groups)
+    assert s.gauges() == {"open_groups": 3.0, "buffered": 0.0}
+    late = next(k for k, r in enumerate(MAIN) if r[0] == 40 and r[1] == "arrive")
+    run_table(sc, MAIN[cut:late + 1])                          # G2 closed by its timer, G4 done; 1 late into B
+    assert s.gauges() == {"open_groups": 2.0, "buffered": 1.0}
+    run_table(sc, MAIN[late + 1:])                             # B merged; G6 and G7 open
+    assert s.gauges() == {"open_groups": 2.0, "buffered": 0.0}
+    for _ in range(2):
+        g = s.gauges()
+        assert g == {"open_groups": float(sum(x["open"] for x in s.groups)), "buffered": float(s.buffered)}
+        assert all(type(v) is float for v in g.values())

@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 
+from driven import Driven
 from fedhive.strategies import FedAvg, FedFix
 from fedhive.strategies.base import ClientInfo, Update
 from fedhive.strategies.fedfix import interval_weight
-from fedhive.server.orchestrator import StopCondition
+from fedhive.engine import StopCondition
 from scripted import run
 
 C = [ClientInfo(0, 10, "gpu"), ClientInfo(1, 30, "rpi4")]  # p = 0.25, 0.75
@@ -18,7 +19,7 @@ def test_interval_weight_formula():
 
 
 def test_interval_aggregation_hand_checked():
-    s = FedFix(interval=1.0)
+    s = Driven(FedFix(interval=1.0))
     s.start([np.zeros(3)], C, 0.0)
     s.on_idle(C[0], 0.0)
     s.on_idle(C[1], 0.0)
@@ -37,7 +38,7 @@ def test_interval_aggregation_hand_checked():
 
 
 def test_empty_interval_changes_nothing():
-    s = FedFix(interval=1.0)
+    s = Driven(FedFix(interval=1.0))
     s.start([np.zeros(3)], C, 0.0)
     s.on_idle(C[0], 0.0)
     s.on_timer(1.0)
@@ -49,7 +50,7 @@ def test_empty_interval_changes_nothing():
 def test_equal_durations_and_interval_equal_fedavg():
     init = [np.array([0.5, -1.0, 2.0])]
     models = {0: np.array([1.0, 2.0, 3.0]), 1: np.array([-2.0, 0.0, 4.0])}
-    fix, avg = FedFix(interval=2.0), FedAvg()
+    fix, avg = Driven(FedFix(interval=2.0)), Driven(FedAvg())
     for s in (fix, avg):
         s.start(init, C, 0.0)
         for c in C:
@@ -61,7 +62,7 @@ def test_equal_durations_and_interval_equal_fedavg():
 
 
 def test_default_interval_is_half_the_median_of_first_returns():
-    s = FedFix()
+    s = Driven(FedFix())
     s.start([np.zeros(3)], C, 0.0)
     s.on_idle(C[0], 0.0)
     s.on_idle(C[1], 0.0)

@@ -1,8 +1,10 @@
 """Atomic checkpoints in numpy's ``.npz`` format: arrays as arrays, everything else as JSON. Never pickle.
 
-A state is a tree of dicts, lists, tuples, JSON scalars and numpy arrays (what ``Strategy.state_dict`` and the
-orchestrator produce). ``encode`` replaces each array by a reference and keeps dict keys' types (node ids are
-ints); ``decode`` reverses it exactly. Files are written to a temporary name, fsynced, then renamed, so a crash
+A state is a tree of dicts (and other mappings), lists, tuples, JSON scalars and numpy arrays (what
+``Strategy.state_dict`` and the orchestrator produce). ``encode`` replaces each array by a reference and keeps dict
+keys' types (node ids are ints); ``decode`` reverses it exactly. An array the state refers to several times (the
+global model a strategy holds and that the tasks in flight were sent with, a base model shared by many buffered
+updates) is stored once, and decodes to one shared array. Files are written to a temporary name, fsynced, then renamed, so a crash
 leaves either the old checkpoint or the new one, never half of one.
 """
 
@@ -13,27 +15,30 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-FORMAT = "fedhive-checkpoint/1"
+FORMAT = "fedhive-checkpoint/2"
 _META = "__meta__"
 _NAME = re.compile(r"^ckpt-(\d{10})\.npz$")
 
 
 def encode(state: Any) -> tuple[Any, dict[str, np.ndarray]]:
-    """Split ``state`` into a JSON-able tree and a dict of arrays."""
+    """Split ``state`` into a JSON-able tree and a dict of arrays (each array object once)."""
     arrays: dict[str, np.ndarray] = {}
+    keys: dict[int, str] = {}  # id of an array -> its key (the arrays stay referenced by ``arrays`` meanwhile)
 
     def enc(x: Any) -> Any:
         if isinstance(x, np.ndarray):
-            key = f"a{len(arrays)}"
-            arrays[key] = x
+            key = keys.get(id(x))
+            if key is None:
+                key = keys[id(x)] = f"a{len(arrays)}"
+                arrays[key] = x
             return {"__array__": key}
         if isinstance(x, np.generic):
             return x.item()
-        if isinstance(x, dict):
+        if isinstance(x, Mapping):
             if all(isinstance(k, str) for k in x) and "__array__" not in x and "__dict__" not in x:
                 return {k: enc(v) for k, v in x.items()}
             return {"__dict__": [[enc(k), enc(v)] for k, v in x.items()]}
@@ -100,7 +105,8 @@ def load(path: str | Path) -> Any:
             raise ValueError(f"{path} is not a fedhive checkpoint (no {_META} entry)")
         meta = json.loads(z[_META].tobytes().decode())
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} has format {meta.get('format')!r}; this fedhive reads {FORMAT!r}")
+            raise ValueError(f"{path} has format {meta.get('format')!r}; this fedhive reads {FORMAT!r}: resume it "
+                             "with the fedhive that wrote it, or start a new run (resume=false)")
         arrays = {k: z[k] for k in z.files if k != _META}
     return decode(meta["state"], arrays)
 

@@ -1,7 +1,9 @@
 """A transport in virtual time: an event queue ordered by ``(time, sequence)``, SimPy-style.
 
 Dispatching a task asks ``duration(node, task_id, task)`` how long it takes and schedules its completion; the
-client's result comes from ``train(node, task_id, task, params)`` when that moment is reached. Because both are
+client's reply comes from ``train(node, task_id, task, params)`` when that moment is reached (an ``Update``, several
+to script duplicates, or a ``Result``/``Malformed`` event, delivered at that moment, to script a forged or
+undecodable reply). Because both are
 functions of the task alone (not of call order), a run is deterministic, and a resumed run can re-create the tasks
 that were in flight. Clients can join and leave at scripted times; a task can fail at a scripted moment.
 
@@ -16,14 +18,15 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from fedhive.server.transport import Dispatch, Event, Failure, Result, Transport
-from fedhive.strategies.base import ClientInfo, Task, Update
+from fedhive.strategies.base import ClientInfo, Dispatch, Task, Update
+
+from .transport import Event, Failure, Result, Transport
 
 DurationFn = Callable[[int, int, Task], float]
-TrainFn = Callable[[int, int, Task, Sequence[np.ndarray]], "Update | list[Update]"]
+TrainFn = Callable[[int, int, Task, Sequence[np.ndarray]], "Update | Event | list[Update | Event]"]
 FailFn = Callable[[int, int, Task], "float | None"]
 
-_DONE, _FAIL, _JOIN, _LEAVE, _INJECT = range(5)  # subclasses add kinds from 16 on
+_DONE, _FAIL, _JOIN, _LEAVE = range(4)  # subclasses add kinds from 16 on
 
 
 def _nbytes(params: Sequence[np.ndarray]) -> int:
@@ -44,7 +47,7 @@ class VirtualTransport(Transport):
     duration
         Seconds a task takes, from dispatch to its result.
     train
-        The client's reply: an ``Update`` (or several, to script duplicates).
+        The client's reply: an ``Update``, or an event or a list of them (to script forged and duplicate replies).
     fail_after
         Seconds after dispatch at which the task fails instead (``None``: it does not fail).
     joins, leaves
@@ -64,12 +67,14 @@ class VirtualTransport(Transport):
         self._heap: list[tuple[float, int, int, object]] = []
         self._seq = itertools.count()
         self._membership = 0
-        self._tasks: dict[int, tuple[Task, Sequence[np.ndarray]]] = {}
+        self._tasks: dict[int, Dispatch] = {}  # the engine's records of the tasks still to complete
         self._bytes = 0
         for t, c in joins:
             self._push(float(t), _JOIN, c)
         for t, n in leaves:
             self._push(float(t), _LEAVE, int(n))
+
+    reattaches_work = True
 
     # ------------------------------------------------------------------ Transport
     def now(self) -> float:
@@ -86,12 +91,8 @@ class VirtualTransport(Transport):
     def bytes_moved(self) -> int:
         return self._bytes
 
-    def dispatch(self, task_id: int, task: Task, params: Sequence[np.ndarray]) -> None:
-        self._schedule(task_id, task, params, self._now)
-
-    def inject(self, time: float, result: Result) -> None:
-        """Deliver an arbitrary result at ``time`` (tests use it for unknown tasks and forged replies)."""
-        self._push(float(time), _INJECT, result)
+    def dispatch(self, sent: Dispatch) -> None:
+        self._schedule(sent)
 
     def wait(self, deadline: float | None) -> list[Event]:
         while self._heap:
@@ -113,7 +114,7 @@ class VirtualTransport(Transport):
             self._now = max(self._now, deadline)
         return []
 
-    def restore(self, now: float, in_flight: Sequence[tuple[Dispatch, Sequence[np.ndarray]]]) -> list[int]:
+    def restore(self, now: float, in_flight: Sequence[Dispatch]) -> list[int]:
         """Apply the membership changes up to ``now`` and re-create the tasks that were in flight."""
         while self._heap and self._heap[0][0] <= now and self._heap[0][2] in (_JOIN, _LEAVE):
             _, _, kind, payload = heapq.heappop(self._heap)
@@ -123,9 +124,9 @@ class VirtualTransport(Transport):
                 self._leave(int(payload), now, [])
         self._now = float(now)
         lost = []
-        for d, params in in_flight:
+        for d in in_flight:
             if d.task.node_id in self._clients:
-                self._schedule(d.task_id, d.task, params, d.sent_at, count_bytes=False)
+                self._schedule(d, count_bytes=False)
             else:
                 lost.append(d.task_id)
         return lost
@@ -138,14 +139,12 @@ class VirtualTransport(Transport):
         elif kind == _FAIL:
             task_id = int(payload)
             if task_id in self._tasks:
-                task, _ = self._tasks.pop(task_id)
-                events.append(Failure(task_id, task.node_id, "client_error", t))
+                sent = self._tasks.pop(task_id)
+                events.append(Failure(task_id, sent.task.node_id, "client_error", t))
         elif kind == _JOIN:
             self._join(payload)
         elif kind == _LEAVE:
             self._leave(int(payload), t, events)
-        else:
-            events.append(payload)
 
     def _join(self, client: ClientInfo) -> None:
         self._clients[client.node_id] = client
@@ -154,22 +153,22 @@ class VirtualTransport(Transport):
     def _leave(self, node: int, t: float, events: list[Event], reason: str = "node_lost") -> None:
         if self._clients.pop(node, None) is not None:
             self._membership += 1
-        for task_id, (task, _) in list(self._tasks.items()):
-            if task.node_id == node:
+        for task_id, sent in list(self._tasks.items()):
+            if sent.task.node_id == node:
                 del self._tasks[task_id]
                 events.append(Failure(task_id, node, reason, t))
 
     def _push(self, t: float, kind: int, payload: object) -> None:
         heapq.heappush(self._heap, (t, next(self._seq), kind, payload))
 
-    def _schedule(self, task_id: int, task: Task, params: Sequence[np.ndarray], sent_at: float, *,
-                  count_bytes: bool = True) -> None:
-        self._tasks[task_id] = (task, params)
+    def _schedule(self, sent: Dispatch, *, count_bytes: bool = True) -> None:
+        task_id, task, sent_at = sent.task_id, sent.task, sent.sent_at
+        self._tasks[task_id] = sent
         if task.node_id not in self._clients:  # sent to a client that has left: it never arrives
             self._push(sent_at, _FAIL, task_id)
             return
         if count_bytes:
-            self._bytes += _nbytes(params)
+            self._bytes += _nbytes(sent.params)
         fail = self._fail_after(task.node_id, task_id, task) if self._fail_after else None
         if fail is not None:
             self._push(sent_at + float(fail), _FAIL, task_id)
@@ -177,15 +176,19 @@ class VirtualTransport(Transport):
             self._push(sent_at + float(self._duration(task.node_id, task_id, task)), _DONE, task_id)
 
     def _complete(self, task_id: int, t: float) -> list[Event]:
-        entry = self._tasks.pop(task_id, None)
-        if entry is None:
+        sent = self._tasks.pop(task_id, None)
+        if sent is None:
             return []
-        task, params = entry
-        out = self._train(task.node_id, task_id, task, params)
-        updates = out if type(out) is list else (out,)
+        task = sent.task
+        out = self._train(task.node_id, task_id, task, sent.params)
+        replies = out if type(out) is list else (out,)
         events: list[Event] = []
-        for u in updates:
-            if type(u.params) is list:
-                self._bytes += _nbytes(u.params)
-            events.append(Result(task_id, u, t))
+        for r in replies:
+            if type(r) is Update:
+                if type(r.params) is list:
+                    self._bytes += _nbytes(r.params)
+                events.append(Result(task_id, r, t))
+            else:  # a scripted event (a forged or malformed reply), delivered now
+                r.time = t
+                events.append(r)
         return events

@@ -8,6 +8,12 @@
 4. evaluate on schedule, checkpoint, report to the observer;
 5. stop at the run's limit (time, versions, client updates, target accuracy).
 
+The orchestrator is the one owner of the work in flight: one :class:`Dispatch` per task (the task, when it was
+sent, the model it was sent with), handed to the transport to deliver and to the strategy with the task's
+outcome. Every strategy handler that may change the model goes through :meth:`Orchestrator._call`, which reports
+the change (``Observer.on_aggregate``, the evaluation and checkpoint schedule) whatever triggered it: an update, a
+timer, a failure, a client leaving.
+
 The orchestrator never imports Flower and never reads a clock for the run's time: the transport owns both. (It does
 time the strategy's aggregation with ``time.perf_counter`` for the metrics; that never changes what happens.)
 """
@@ -24,11 +30,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from fedhive.strategies.base import ClientInfo, Outcome, Strategy, Task, Update
+from fedhive.strategies import params as P
+from fedhive.strategies.base import ClientInfo, Dispatch, Strategy, Task, Update
 from fedhive.strategies.validation import Rejection, check_params
 
 from . import checkpoint as ckpt
-from .transport import Dispatch, Failure, Result, Transport
+from .observers import Observer
+from .transport import Failure, Malformed, Result, Transport
 
 log = logging.getLogger("fedhive.orchestrator")
 
@@ -47,40 +55,10 @@ class StopCondition:
     target_accuracy: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_time", "max_versions", "max_updates", "target_accuracy"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)
-                                  or v < 0):
-                raise ValueError(f"stop condition {name} must be a number >= 0 or None, got {v!r}")
-        if self.target_accuracy is not None and self.target_accuracy > 1:
-            raise ValueError(f"target_accuracy is a fraction in [0, 1], got {self.target_accuracy!r}")
-
-
-class Observer:
-    """Hooks the orchestrator calls (metrics, progress bars). Every method is a no-op by default."""
-
-    def on_start(self, strategy: Strategy, now: float) -> None: ...
-
-    def on_dispatch(self, task: Task, client: ClientInfo, now: float) -> None: ...
-
-    def on_update(self, update: Update, outcome: Outcome, client: ClientInfo, staleness: int, duration: float,
-                  now: float) -> None: ...
-
-    def on_reject(self, reason: str, node_id: int, now: float) -> None: ...
-
-    def on_failure(self, node_id: int, reason: str, now: float) -> None: ...
-
-    def on_evaluate(self, record: dict, now: float) -> None: ...
-
-    def on_membership(self, clients: Sequence[ClientInfo], now: float) -> None: ...
-
-    def on_aggregate(self, seconds: float, now: float) -> None:
-        """The global model changed; ``seconds`` is how long the strategy took (for metrics only)."""
-
-    def wants(self, hook: str) -> bool:
-        """Whether ``hook`` (e.g. ``"on_update"``) does anything here: the engine skips calls to no-op per-event hooks,
-        and their set-up. An observer that forwards calls dynamically overrides this."""
-        return getattr(type(self), hook) is not getattr(Observer, hook)
+        P.optional(P.number, "stop condition max_time", self.max_time, low=0.0)
+        P.optional(P.integer, "stop condition max_versions", self.max_versions, low=0)
+        P.optional(P.integer, "stop condition max_updates", self.max_updates, low=0)
+        P.optional(P.number, "stop condition target_accuracy (a fraction)", self.target_accuracy, low=0.0, high=1.0)
 
 
 @dataclass
@@ -92,10 +70,6 @@ class RunResult:
     stop_reason: str
     counters: dict = field(default_factory=dict)
     params: list[np.ndarray] = field(default_factory=list)
-
-    def to_json(self) -> dict:
-        return {"history": self.history, "final": self.final, "stop_reason": self.stop_reason,
-                "counters": self.counters}
 
 
 class Orchestrator:
@@ -132,32 +106,25 @@ class Orchestrator:
                              "target_accuracy")
         if self.stop.target_accuracy is not None and evaluate is None:
             raise ValueError("target_accuracy needs an evaluate function")
-        if eval_every_versions is not None and eval_every_versions < 1:
-            raise ValueError(f"eval_every_versions must be >= 1 or None, got {eval_every_versions!r}")
-        if eval_interval is not None and not eval_interval > 0:
-            raise ValueError(f"eval_interval must be > 0 seconds or None, got {eval_interval!r}")
-        if checkpoint_every is not None and checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every must be >= 1 or None, got {checkpoint_every!r}")
         self.evaluate = evaluate
-        self.eval_every_versions = eval_every_versions
-        self.eval_interval = eval_interval
+        self.eval_every_versions = P.optional(P.integer, "eval_every_versions", eval_every_versions, low=1)
+        self.eval_interval = P.optional(P.number, "eval_interval (seconds)", eval_interval, low=0.0, low_open=True)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.checkpoint_every = checkpoint_every
-        self.keep_checkpoints = keep_checkpoints
+        self.checkpoint_every = P.optional(P.integer, "checkpoint_every", checkpoint_every, low=1)
+        self.keep_checkpoints = P.integer("keep_checkpoints (0: keep all)", keep_checkpoints, low=0)
         self.observer = observer or Observer()
-        self._hooks_used()
 
         self._clients: dict[int, ClientInfo] = {}  # connected now
         self._known: set[int] = set()  # ever seen
         self._membership_seen: int | None = None
-        self._in_flight: dict[int, Dispatch] = {}
-        self._node_task: dict[int, int] = {}
+        self._in_flight: dict[int, Dispatch] = {}  # task id -> the engine's record of it
+        self._node_task: dict[int, int] = {}  # node -> id of its task in flight
         self._sent_version = -1  # the last model sent, shared by every task sent at that version
         self._sent_params: list[np.ndarray] = []
         self._next_task_id = 0
         self._idle_new: set[int] = set()  # idle, not asked since they became idle
         self._parked: set[int] = set()  # idle, told "nothing yet" at wake epoch _parked_epoch
-        self._parked_epoch = -1
+        self._parked_epoch: int | None = None
         self.history: list[dict] = []
         self.client_updates = 0
         self.counters: Counter[str] = Counter()
@@ -168,19 +135,11 @@ class Orchestrator:
         self._start_time = 0.0
         self._max_time_at: float | None = None
 
-    def _hooks_used(self) -> None:
-        # The per-event hooks are called (and the strategy's handlers timed, two clock reads) only when the observer
-        # overrides them: with the no-op default they cost ~4 % of an event in virtual time.
-        wants = self.observer.wants
-        self._time_aggregation = wants("on_aggregate")
-        self._report_dispatch = wants("on_dispatch")
-        self._report_update = wants("on_update")
-
     # ------------------------------------------------------------------ public
     @property
     def models_held(self) -> int:
-        """Global-model versions kept for the tasks in flight (each task holds the model it was sent)."""
-        return len({d.task.version for d in self._in_flight.values()})
+        """Global-model versions kept for the tasks in flight (each task refers to the model it was sent)."""
+        return len({id(d.params) for d in self._in_flight.values()})
 
     @property
     def start_time(self) -> float:
@@ -204,7 +163,6 @@ class Orchestrator:
                 self._next_eval_time = now + self.eval_interval
             self._evaluate(now)
         self._max_time_at = None if self.stop.max_time is None else self._start_time + self.stop.max_time
-        self._hooks_used()  # (the observer may have been replaced since __init__)
         self.observer.on_start(self.strategy, self.transport.now())
         reason = self._loop()
         now = self.transport.now()
@@ -223,7 +181,6 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ the loop
     def _loop(self) -> str:
-        watch_versions = self.eval_every_versions is not None or self.checkpoint_every is not None
         now = self.transport.now()
         self._refresh_membership(now)
         self._dispatch_idle(now)
@@ -234,12 +191,14 @@ class Orchestrator:
             deadline = self._deadline()
             events = self.transport.wait(deadline)
             for ev in events:
-                if type(ev) is Result:
+                kind = type(ev)
+                if kind is Result:
                     self._on_result(ev)
+                elif kind is Failure:
+                    if ev.task_id in self._in_flight:
+                        self._fail_task(ev.task_id, ev.reason, ev.time)
                 else:
-                    self._on_failure(ev)
-                if watch_versions:
-                    self._after_change(ev.time)
+                    self._on_malformed(ev)
                 reason = self._should_stop(ev.time)
                 if reason:
                     return reason
@@ -249,8 +208,7 @@ class Orchestrator:
             timer = self.strategy.next_timer()
             fired = timer is not None and timer <= now
             if fired:
-                self._timed(self.strategy.on_timer, now)
-                self._after_change(now)
+                self._call(self.strategy.on_timer, now)
             if self._next_eval_time is not None and now >= self._next_eval_time:
                 while self._next_eval_time <= now:
                     self._next_eval_time += self.eval_interval
@@ -264,15 +222,19 @@ class Orchestrator:
                     # Nothing in flight, no timer, no deadline, nobody joined: nothing can happen any more.
                     return "stalled"
 
-    def _timed(self, handler: Any, *args: Any) -> Any:
-        """Call a strategy handler whose last argument is ``now``; report its time if it changed the model (to an
-        observer that records it)."""
-        if not self._time_aggregation:
-            return handler(*args)
-        v, t = self.strategy.version, time.perf_counter()
+    def _call(self, handler: Callable[..., Any], *args: Any) -> Any:
+        """Call a strategy handler whose last argument is ``now``; if the model changed, report it.
+
+        The one path for every handler that may change the model (update, failure, timer), so metrics, the model
+        store and the evaluation and checkpoint schedules see every version, whatever caused it.
+        """
+        strategy = self.strategy
+        v, t = strategy.version, time.perf_counter()
         out = handler(*args)
-        if self.strategy.version != v:
-            self.observer.on_aggregate(time.perf_counter() - t, args[-1])
+        if strategy.version != v:
+            now = args[-1]
+            self.observer.on_aggregate(time.perf_counter() - t, now)
+            self._after_change(now)
         return out
 
     def _deadline(self) -> float | None:
@@ -327,21 +289,25 @@ class Orchestrator:
             self.observer.on_membership(clients, now)
 
     def _dispatch_idle(self, now: float) -> None:
-        # A dispatch can change what parked clients may get (a round that just opened): settle it, a few passes at most.
+        """Ask idle clients for work: those newly idle, and the parked ones when they may now get some.
+
+        Parked clients are asked again when the strategy's ``wake_epoch`` changed, or always where it is ``None``
+        (the contract in ``fedhive.strategies.base``). A dispatch can itself wake parked clients (a round that just
+        opened), so passes repeat while one sent something and woke parked clients; each such pass sends at least
+        one task to an idle client, so this ends.
+        """
         strategy, clients, busy = self.strategy, self._clients, self._node_task
-        for _ in range(8):
+        while True:
             epoch = strategy.wake_epoch
-            if epoch != self._parked_epoch:
-                candidates = self._idle_new
-                if self._parked:
-                    candidates |= self._parked
-                    self._parked = set()
-                self._parked_epoch = epoch
-            else:
-                candidates = self._idle_new
+            candidates = self._idle_new
+            if self._parked and (epoch is None or epoch != self._parked_epoch):
+                candidates |= self._parked
+                self._parked = set()
+            self._parked_epoch = epoch
             if not candidates:
                 return
             self._idle_new = set()
+            sent = False
             for node in sorted(candidates) if len(candidates) > 1 else candidates:
                 client = clients.get(node)
                 if client is None or node in busy:
@@ -351,7 +317,11 @@ class Orchestrator:
                     self._parked.add(node)
                     continue
                 self._send(task, client, now)
-            if strategy.wake_epoch == self._parked_epoch or not self._parked:
+                sent = True
+            if not sent or not self._parked:
+                return
+            epoch = strategy.wake_epoch
+            if epoch is not None and epoch == self._parked_epoch:
                 return
 
     def _send(self, task: Task, client: ClientInfo, now: float) -> None:
@@ -367,11 +337,11 @@ class Orchestrator:
         else:
             params = self._sent_params = self.strategy.params
             self._sent_version = task.version
-        self._in_flight[task_id] = Dispatch(task_id, task, now, params)
+        sent = Dispatch(task_id, task, now, params)
+        self._in_flight[task_id] = sent
         self._node_task[client.node_id] = task_id
-        if self._report_dispatch:
-            self.observer.on_dispatch(task, client, now)
-        self.transport.dispatch(task_id, task, params)
+        self.observer.on_dispatch(task, client, now)
+        self.transport.dispatch(sent)
 
     def _end_task(self, task_id: int) -> Dispatch:
         d = self._in_flight.pop(task_id)
@@ -387,64 +357,60 @@ class Orchestrator:
         now = ev.time
         counters = self.counters
         counters["received"] += 1
-        rejection, ends_task = self._validate(ev)
+        d = self._in_flight.get(ev.task_id)
+        rejection = self._validate(ev, d)
         if rejection is not None:
-            self._reject(ev, rejection, ends_task)
+            # A reply to a task in flight ends that task whatever it holds; anything else ends nothing.
+            self._reject(rejection, u.node_id, ev.task_id, now, ends_task=d is not None)
             return
-        d = self._end_task(ev.task_id)
-        staleness = self.strategy.version - u.base_version
-        outcome = self._timed(self.strategy.on_update, u, now)
+        assert d is not None
+        self._end_task(ev.task_id)
+        staleness = self.strategy.version - d.task.version
         self.client_updates += 1
+        outcome = self._call(self.strategy.on_update, u, d, now)
         counters[_OUTCOME_KEYS.get(outcome.status) or f"update_{outcome.status}"] += 1
         if outcome.reason:
             counters[f"update_{outcome.status}_{outcome.reason}"] += 1
-        if self._report_update:
-            client = self._clients.get(u.node_id) or ClientInfo(u.node_id, u.num_examples, "unknown")
-            self.observer.on_update(u, outcome, client, staleness, now - d.sent_at, now)
+        client = self._clients.get(u.node_id) or ClientInfo(u.node_id, u.num_examples, "unknown")
+        self.observer.on_update(u, outcome, client, staleness, now - d.sent_at, now)
 
-    def _validate(self, ev: Result) -> tuple[Rejection | None, bool]:
-        """Why ``ev`` cannot be applied (and whether its task is over anyway), or ``(None, True)``."""
+    def _validate(self, ev: Result, d: Dispatch | None) -> Rejection | None:
+        """Why ``ev`` cannot be applied, or ``None``."""
         u = ev.update
-        d = self._in_flight.get(ev.task_id)
-        # A reply to a task in flight ends that task whatever it holds; anything else ends nothing.
         if u.node_id not in self._known:
-            return Rejection("unknown_node", f"node {u.node_id} was never connected"), d is not None
+            return Rejection("unknown_node", f"node {u.node_id} was never connected")
         if d is None:
             if 0 <= ev.task_id < self._next_task_id:
-                return Rejection("duplicate", f"task {ev.task_id} already ended"), False
-            return Rejection("unknown_task", f"task {ev.task_id} was never dispatched"), False
-        if ev.info.get("malformed"):
-            return Rejection("malformed", str(ev.info["malformed"])), True
+                return Rejection("duplicate", f"task {ev.task_id} already ended")
+            return Rejection("unknown_task", f"task {ev.task_id} was never dispatched")
         if u.node_id != d.task.node_id:
             return Rejection("node_mismatch", f"task {ev.task_id} went to node {d.task.node_id}, the reply names "
-                                              f"node {u.node_id}"), True
-        if u.base_version > self.strategy.version:
-            return Rejection("future_version", f"base version {u.base_version} is newer than the global model's "
-                                               f"{self.strategy.version}"), True
-        if u.base_version != d.task.version:
-            return Rejection("version_mismatch", f"base version {u.base_version}, but the task was sent at version "
-                                                 f"{d.task.version}"), True
+                                              f"node {u.node_id}")
+        claim = u.base_version
+        if claim is not None and claim != d.task.version:
+            if type(claim) is int and claim > self.strategy.version:
+                return Rejection("future_version", f"base version {claim} is newer than the global model's "
+                                                   f"{self.strategy.version}")
+            return Rejection("version_mismatch", f"the reply says it trained from version {claim!r}, but the task "
+                                                 f"was sent at version {d.task.version}")
         n = u.num_examples
         if type(n) is not int and (isinstance(n, bool) or not isinstance(n, (int, np.integer))) or n < 0:
-            return Rejection("num_examples", f"num_examples {u.num_examples!r} is not an integer >= 0"), True
-        bad = check_params(u.params, self.strategy.params)
-        return bad, True
+            return Rejection("num_examples", f"num_examples {u.num_examples!r} is not an integer >= 0")
+        return check_params(u.params, d.params)
 
-    def _reject(self, ev: Result, rejection: Rejection, ends_task: bool) -> None:
-        now = ev.time
-        node = ev.update.node_id
+    def _on_malformed(self, ev: Malformed) -> None:
+        self.counters["received"] += 1
+        known = ev.task_id in self._in_flight
+        self._reject(Rejection("malformed", ev.detail), ev.node_id, ev.task_id, ev.time, ends_task=known)
+
+    def _reject(self, rejection: Rejection, node: int, task_id: int, now: float, *, ends_task: bool) -> None:
         self.counters["rejected"] += 1
         self.counters[f"rejected_{rejection.reason}"] += 1
         log.warning("rejected update from node %s for task %s: %s (%s); the global model is unchanged",
-                    node, ev.task_id, rejection.reason, rejection.detail)
+                    node, task_id, rejection.reason, rejection.detail)
         self.observer.on_reject(rejection.reason, node, now)
         if ends_task:
-            self._fail_task(ev.task_id, "rejected", now)
-
-    def _on_failure(self, ev: Failure) -> None:
-        if ev.task_id not in self._in_flight:
-            return
-        self._fail_task(ev.task_id, ev.reason, ev.time)
+            self._fail_task(task_id, "rejected", now)
 
     def _fail_task(self, task_id: int, reason: str, now: float) -> None:
         d = self._end_task(task_id)
@@ -452,7 +418,7 @@ class Orchestrator:
         self.counters["failed"] += 1
         self.counters[f"failed_{reason}"] += 1
         log.info("task %s on node %s failed: %s", task_id, node, reason)
-        self.strategy.on_failure(node, now)
+        self._call(self.strategy.on_failure, d, now)
         self.observer.on_failure(node, reason, now)
 
     # ------------------------------------------------------------------ evaluation and checkpoints
@@ -473,15 +439,19 @@ class Orchestrator:
         self.observer.on_evaluate(record, now)
 
     def _state(self) -> dict[str, Any]:
+        # Each array appears once in the file however often the state refers to it (checkpoint.encode), so the models
+        # the tasks in flight were sent with cost nothing where the strategy holds them too; and they are stored at
+        # all only where the transport can re-attach that work after a restart (over Flower it cannot).
+        keep_models = self.transport.reattaches_work
         return {
             "now": self.transport.now(),
             "start_time": self._start_time,
             "strategy_name": self.strategy.name,
             "strategy": self.strategy.state_dict(),
             "next_task_id": self._next_task_id,
-            "in_flight": [[d.task_id, d.task.node_id, d.task.version, d.task.config, d.sent_at]
+            "in_flight": [[d.task_id, d.task.node_id, d.task.version, dict(d.task.config), d.sent_at]
                           for d in self._in_flight.values()],
-            "dispatched_params": {d.task.version: d.params for d in self._in_flight.values()},
+            "dispatched_params": {d.task.version: d.params for d in self._in_flight.values()} if keep_models else {},
             "known": sorted(self._known),
             "history": self.history,
             "client_updates": self.client_updates,
@@ -518,18 +488,23 @@ class Orchestrator:
         self._next_eval_time = state["next_eval_time"]
         self._accuracy = state["accuracy"]
         self._last_ckpt_version = self.strategy.version
-        dispatched = {int(v): [np.asarray(a) for a in p] for v, p in state["dispatched_params"].items()}
-        in_flight = []
-        for task_id, node, version, config, sent_at in state["in_flight"]:
-            d = Dispatch(int(task_id), Task(int(node), int(version), dict(config)), float(sent_at),
-                         dispatched[int(version)])
-            in_flight.append((d, d.params))
-            self._in_flight[d.task_id] = d
-            self._node_task[d.task.node_id] = d.task_id
+        dispatched = {int(v): list(p) for v, p in state["dispatched_params"].items()}
         for p in dispatched.values():
             for a in p:
                 a.flags.writeable = False
-        failed = self.transport.restore(now, in_flight)
+        reattach, failed = [], []
+        for task_id, node, version, config, sent_at in state["in_flight"]:
+            # A task whose model the checkpoint does not hold (written over a transport that cannot re-attach work)
+            # is failed to the strategy below, with an empty model in its record.
+            model = dispatched.get(int(version))
+            d = Dispatch(int(task_id), Task(int(node), int(version), config), float(sent_at), model or [])
+            self._in_flight[d.task_id] = d
+            self._node_task[d.task.node_id] = d.task_id
+            if model is None or not self.transport.reattaches_work:
+                failed.append(d.task_id)
+            else:
+                reattach.append(d)
+        failed += self.transport.restore(now, reattach)
         clients = list(self.transport.clients())
         self._membership_seen = self.transport.membership_version
         self._set_membership(clients, now, notify=False)

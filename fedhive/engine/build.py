@@ -10,20 +10,26 @@ from fedhive.strategies import build, parameters
 from fedhive.strategies.base import Strategy
 from fedhive.tasks import LearningTask
 
-from .orchestrator import Observer
-
 
 def strategy_for_task(name: str, params: Mapping[str, Any], task: LearningTask, local_steps: int) -> Strategy:
     """Strategy ``name`` with ``params``; ``local_steps`` where it takes it, the task's non-trainable tensors, and
-    FedASMU's server-side validation gradient when the task has a validation batch."""
+    the server-side validation gradient for a strategy that asks for one (``needs_validation``).
+
+    Raises
+    ------
+    ValueError
+        A strategy that needs a validation gradient, for a task without a validation batch (the message names the
+        strategy's alternatives).
+    """
     params = dict(params)
     accepted = parameters(name)
     if "local_steps" in accepted:
         params.setdefault("local_steps", local_steps)
     params.setdefault("non_trainable", task.non_trainable())
-    if name == "fedasmu" and task.validation_batch() is not None:
-        params.setdefault("validation_fn", validation_gradient(task))
-    return build(name, params)
+    strategy = build(name, params)
+    if strategy.needs_validation and task.validation_batch() is not None:
+        strategy.set_validation(validation_gradient(task))
+    return strategy
 
 
 def validation_gradient(task: LearningTask) -> Callable[[Sequence[np.ndarray]], tuple[float, list[np.ndarray]]]:
@@ -45,24 +51,3 @@ def validation_gradient(task: LearningTask) -> Callable[[Sequence[np.ndarray]], 
         return float(loss.detach()), [by_name.get(n, np.zeros_like(p)).astype(p.dtype) for n, p in zip(names, params)]
 
     return fn
-
-
-class Fanout(Observer):
-    """Forwards every observer call to each of ``observers`` in order."""
-
-    def __init__(self, observers: Sequence[Observer]) -> None:
-        self._obs = list(observers)
-
-    def __getattribute__(self, name: str) -> Any:
-        if name.startswith("on_"):
-            obs = object.__getattribute__(self, "_obs")
-
-            def call(*args: Any, **kw: Any) -> None:
-                for o in obs:
-                    getattr(o, name)(*args, **kw)
-
-            return call
-        return object.__getattribute__(self, name)
-
-    def wants(self, hook: str) -> bool:
-        return any(o.wants(hook) for o in object.__getattribute__(self, "_obs"))
