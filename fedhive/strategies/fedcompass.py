@@ -396,22 +396,27 @@ class FedCompass(Strategy):
         search; its last group has the largest such ``q``, and the groups sharing that ``q`` sit just before it.
         """
         o, s = e.overhead, e.speed
-
-        def steps(entry: tuple[float, int]) -> int:
-            return math.floor((entry[0] - now - o) / s)
-
-        order = self._by_t_exp
-        k = bisect.bisect_right(order, self.q_max, key=steps)
-        if k == 0:
+        order, q_max = self._by_t_exp, self.q_max
+        # Binary search for the first group whose q exceeds Q_max: a loop rather than bisect with a key function,
+        # which costs a Python call per probe (2 % of all instructions in the 10,000-client benchmark).
+        lo, hi = 0, len(order)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if math.floor((order[mid][0] - now - o) / s) > q_max:
+                hi = mid
+            else:
+                lo = mid + 1
+        if lo == 0:
             return None
-        q = steps(order[k - 1])
+        t, gid = order[lo - 1]
+        q = math.floor((t - now - o) / s)
         if q < self.q_min:
             return None
-        gid = order[k - 1][1]
-        for j in range(k - 2, -1, -1):
-            if steps(order[j]) != q:
+        for j in range(lo - 2, -1, -1):  # earlier T_exp, same q: the tie goes to the later group
+            t, other = order[j]
+            if math.floor((t - now - o) / s) != q:
                 break
-            gid = max(gid, order[j][1])
+            gid = max(gid, other)
         return gid, q
 
     def _fastest(self, g: _Group) -> float:
