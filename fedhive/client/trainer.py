@@ -123,7 +123,6 @@ class Trainer:
         seed = int(req.get("seed", 0))
         claim = config.get(M.VERSION)
         base_version = _int(claim if claim is not None else 0, f"config {M.VERSION}")
-        _int(config.get("local_steps", 1), "config local_steps")
         store = config.get(M.STORE_ADDRESS)
         plan = DevicePlan.of(config, base_version) if store else None
         compute = 0.0

@@ -387,7 +387,7 @@ class Orchestrator:
             return Rejection("node_mismatch", f"task {ev.task_id} went to node {d.task.node_id}, the reply names "
                                               f"node {u.node_id}")
         claim = u.base_version
-        if claim is not None and claim != d.task.version:
+        if claim is not None and (type(claim) is not int or claim != d.task.version):
             if type(claim) is int and claim > self.strategy.version:
                 return Rejection("future_version", f"base version {claim} is newer than the global model's "
                                                    f"{self.strategy.version}")

@@ -81,7 +81,7 @@ class Task:
     def __init__(self, node_id: int, version: int, config: Mapping[str, Any] | None = None) -> None:
         _task_node_id(self, node_id)  # (see _slots below)
         _task_version(self, version)
-        _task_config(self, config if type(config) is MappingProxyType else frozen_config(config))
+        _task_config(self, frozen_config(config))
 
     def __reduce__(self) -> tuple:  # a read-only mapping does not pickle; its contents do
         return (Task, (self.node_id, self.version, dict(self.config)))
@@ -156,7 +156,7 @@ APPLIED = Outcome("applied")
 BUFFERED = Outcome("buffered")
 
 
-def frozen_params(params: Iterable[np.ndarray]) -> Params:
+def _frozen(params: Iterable[np.ndarray]) -> Params:
     """Own contiguous copies of ``params``, marked read-only so nobody changes a published version."""
     out = []
     for p in params:
@@ -239,7 +239,7 @@ class Strategy(ABC):
     # ----------------------------------------------------------------- the contract
     def start(self, params: Sequence[np.ndarray], clients: Iterable[ClientInfo], now: float) -> None:
         """Take the initial global model (version 0) and the clients known so far."""
-        self._params = frozen_params(params)
+        self._params = _frozen(params)
         self._version = 0
         n = len(self._params)
         for i in self._non_trainable_arg:
@@ -293,7 +293,7 @@ class Strategy(ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned (possibly after a round trip through a checkpoint file)."""
-        self._params = frozen_params(state["params"])
+        self._params = _frozen(state["params"])
         self._version = int(state["version"])
         self._clients = {}
         self._total_examples = 0

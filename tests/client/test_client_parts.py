@@ -208,6 +208,17 @@ def test_worker_train(worker, task, model):
     assert all(np.array_equal(a, b) for a, b in zip(out, again))
 
 
+def test_worker_train_echoes_the_version_it_was_sent_and_refuses_a_bad_one(worker, model):
+    base = {"op": "train", "settings": SETTINGS, "node": NODE, "seed": 5}
+    metrics, _ = call(worker.path, {**base, "config": {"local_steps": 1, M.VERSION: 7}}, model)
+    assert metrics[M.VERSION] == 7  # the server checks it against the version it sent this task at
+    metrics, _ = call(worker.path, {**base, "config": {"local_steps": 1}}, model)
+    assert M.VERSION not in metrics  # nothing sent, nothing claimed
+    for bad in ("7", -1, 2.5, [1]):
+        with pytest.raises(WorkerError, match="fedhive.version"):
+            call(worker.path, {**base, "config": {"local_steps": 1, M.VERSION: bad}}, model)
+
+
 def test_worker_evaluate(worker, model):
     metrics, _ = call(worker.path, {"op": "evaluate", "settings": SETTINGS, "node": NODE}, model)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and np.isfinite(metrics["loss"])

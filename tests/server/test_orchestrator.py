@@ -337,3 +337,19 @@ def test_a_failure_that_closes_a_round_or_a_group_reports_and_publishes_the_mode
     by_failure = [(v, t) for v, t in watch.failures if (v, t) in watch.changes]
     assert by_failure, "no model change was caused by a failure"
     assert res.counters["failed_client_error"] >= len(by_failure)
+
+
+@pytest.mark.parametrize("claim", ["0", 0.0, [0], np.zeros(2), True, -1])
+def test_a_version_claim_of_any_other_type_or_value_is_a_version_mismatch(claim):
+    cls, targets, speeds, init = scenario()
+    good = pull_toward(targets)
+
+    def train(node, task_id, task, params):
+        u = good(node, task_id, task, params)
+        return Update(node, claim if task_id == 3 else u.base_version, u.params, u.num_examples, {})
+
+    obs = Snapshots()
+    res = Orchestrator(build("fedasync"), VirtualTransport(cls, durations(speeds), train),
+                       stop=StopCondition(max_time=20.0), observer=obs).run(init)
+    assert obs.rejections == ["version_mismatch"]  # never applied, never an exception in the loop
+    assert res.final["version"] > 3
