@@ -54,9 +54,9 @@ class _Job:
 
 @dataclass
 class _Flight:
-    """What the fleet adds to the engine's record of a task in flight: its jitter, its jobs, its FedASMU plan."""
+    """What the fleet adds to the engine's record of a task in flight (``_tasks``): its jitter, its jobs, its
+    FedASMU plan."""
 
-    sent: Dispatch
     factor: float
     job: _Job | None = None
     phase1: _Job | None = None
@@ -158,7 +158,7 @@ class SimTransport(VirtualTransport):
             self._bytes += self.model_bytes
         steps = int(task.config.get("local_steps", 1))
         factor, drop, when = self._draws(node, task_id)
-        flight = _Flight(sent, factor)
+        flight = _Flight(factor)
         self._flights[task_id] = flight
         if self.fleet.dropout and drop < self.fleet.dropout:
             self._push(sent_at + when * self.task_duration(node, task_id, steps), _DROP, task_id)
@@ -218,7 +218,7 @@ class SimTransport(VirtualTransport):
         flight = self._flights.get(task_id)
         if flight is None or task_id not in self._tasks:
             return
-        task = flight.sent.task
+        task = self._tasks[task_id].task
         node = task.node_id
         prof = self.fleet.profile(self.classes[node])
         plan = flight.plan
