@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from fedhive.strategies import params as P
-from fedhive.strategies.base import ClientInfo, Dispatch, Strategy, Task, Update
+from fedhive.strategies.base import ClientInfo, Dispatch, Outcome, Strategy, Task, Update
 from fedhive.strategies.validation import Rejection, check_params
 
 from . import checkpoint as ckpt
@@ -355,8 +355,7 @@ class Orchestrator:
     def _on_result(self, ev: Result) -> None:
         u = ev.update
         now = ev.time
-        counters = self.counters
-        counters["received"] += 1
+        self.counters["received"] += 1
         d = self._in_flight.get(ev.task_id)
         rejection = self._validate(ev, d)
         if rejection is not None:
@@ -366,13 +365,20 @@ class Orchestrator:
         assert d is not None
         self._end_task(ev.task_id)
         staleness = self.strategy.version - d.task.version
+        outcome = self._call(self._apply, u, d, now)
+        client = self._clients.get(u.node_id) or ClientInfo(u.node_id, u.num_examples, "unknown")
+        self.observer.on_update(u, outcome, client, staleness, now - d.sent_at, now)
+
+    def _apply(self, u: Update, d: Dispatch, now: float) -> Outcome:
+        """Hand a validated update to the strategy and count it, before :meth:`_call` evaluates or checkpoints the
+        model it made (so a checkpoint's counters include the update that triggered it)."""
+        outcome = self.strategy.on_update(u, d, now)
         self.client_updates += 1
-        outcome = self._call(self.strategy.on_update, u, d, now)
+        counters = self.counters
         counters[_OUTCOME_KEYS.get(outcome.status) or f"update_{outcome.status}"] += 1
         if outcome.reason:
             counters[f"update_{outcome.status}_{outcome.reason}"] += 1
-        client = self._clients.get(u.node_id) or ClientInfo(u.node_id, u.num_examples, "unknown")
-        self.observer.on_update(u, outcome, client, staleness, now - d.sent_at, now)
+        return outcome
 
     def _validate(self, ev: Result, d: Dispatch | None) -> Rejection | None:
         """Why ``ev`` cannot be applied, or ``None``."""

@@ -353,3 +353,15 @@ def test_a_version_claim_of_any_other_type_or_value_is_a_version_mismatch(claim)
                        stop=StopCondition(max_time=20.0), observer=obs).run(init)
     assert obs.rejections == ["version_mismatch"]  # never applied, never an exception in the loop
     assert res.final["version"] > 3
+
+
+def test_every_checkpoint_counts_the_update_that_triggered_it(tmp_path):
+    """FedAsync applies each update as one version: in every checkpoint (written as the model changes) the updates
+    counted, the applied ones and the version agree, so a resumed run's counters stay consistent."""
+    run("fedasync", stop=StopCondition(max_versions=12), checkpoint_dir=tmp_path, checkpoint_every=1,
+        keep_checkpoints=1000)
+    files = sorted(tmp_path.glob("ckpt-*.npz"))
+    assert len(files) >= 12
+    for f in files:
+        state = ckpt.load(f)
+        assert state["client_updates"] == state["counters"].get("update_applied", 0) == state["strategy"]["version"]
