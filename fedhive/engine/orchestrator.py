@@ -291,8 +291,8 @@ class Orchestrator:
     def _dispatch_idle(self, now: float) -> None:
         """Ask idle clients for work: those newly idle, and the parked ones when they may now get some.
 
-        Parked clients are asked again when the strategy's ``wake_epoch`` changed, or always where it is ``None``
-        (the contract in ``fedhive.strategies.base``). A dispatch can itself wake parked clients (a round that just
+        Parked clients are asked again when the strategy's ``wake_epoch`` changed (those ``take_woken`` names), or
+        always where it is ``None`` (the contract in ``fedhive.strategies.base``). A dispatch can itself wake parked clients (a round that just
         opened), so passes repeat while one sent something and woke parked clients; each such pass sends at least
         one task to an idle client, so this ends.
         """
@@ -300,9 +300,20 @@ class Orchestrator:
         while True:
             epoch = strategy.wake_epoch
             candidates = self._idle_new
-            if self._parked and (epoch is None or epoch != self._parked_epoch):
-                candidates |= self._parked
-                self._parked = set()
+            if epoch is None:
+                if self._parked:
+                    candidates |= self._parked
+                    self._parked = set()
+            elif epoch != self._parked_epoch:
+                woken = strategy.take_woken()
+                if self._parked:
+                    if woken is None:
+                        candidates |= self._parked
+                        self._parked = set()
+                    elif woken:
+                        woken = self._parked.intersection(woken)
+                        candidates |= woken
+                        self._parked -= woken
             self._parked_epoch = epoch
             if not candidates:
                 return

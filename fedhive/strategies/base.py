@@ -18,7 +18,11 @@ event the strategy handles (update, failure, timer, membership change). A strate
 narrow this by setting ``tracks_wakeups = True``: the engine then asks parked clients again only when
 :attr:`Strategy.wake_epoch` changed, which every model change does by itself (``_commit``) and which the strategy
 bumps with ``_poke()`` whenever parked clients may get work without a model change (a slot freed, a round
-restarted). Forgetting a ``_poke`` in such a strategy stalls clients, so only opt in with a test.
+restarted). At each change of the epoch the engine asks :meth:`Strategy.take_woken` which parked clients to ask:
+all of them (``None``, what ``_commit`` and a plain ``_poke()`` mean) or only those named in ``_poke(nodes)`` since
+the last change (a FedCompass group's members when it aggregates), with ``_commit(..., wakes_parked=False)`` for
+a model change that gives no parked client work. Forgetting a ``_poke`` in such a strategy stalls clients, so only
+opt in with a test.
 """
 
 from __future__ import annotations
@@ -199,6 +203,7 @@ class Strategy(ABC):
         self._clients: dict[int, ClientInfo] = {}
         self._total_examples = 0
         self._wake = 0
+        self._woken: set[int] | None = None  # parked clients woken since the engine last asked; None: any of them
         self._non_trainable_arg = tuple(int(i) for i in non_trainable)
         self._fixed: tuple[int, ...] = ()
         self._trainable: tuple[int, ...] = ()
@@ -219,6 +224,12 @@ class Strategy(ABC):
     def wake_epoch(self) -> int | None:
         """With ``tracks_wakeups``: goes up whenever a parked client may now get work; else ``None`` (ask always)."""
         return self._wake if self.tracks_wakeups else None
+
+    def take_woken(self) -> set[int] | None:
+        """With ``tracks_wakeups``, asked once per :attr:`wake_epoch` change: the parked clients that may now get
+        work (``None``: any of them). The record starts again empty."""
+        woken, self._woken = self._woken, set()
+        return woken
 
     @property
     def clients(self) -> dict[int, ClientInfo]:
@@ -332,10 +343,11 @@ class Strategy(ABC):
             return 1.0 / max(len(self._clients), 1)
         return self._clients[node_id].num_examples / self._total_examples
 
-    def _commit(self, new_params: Params) -> bool:
+    def _commit(self, new_params: Params, *, wakes_parked: bool = True) -> bool:
         """Make ``new_params`` the global model (version + 1), unless the aggregation diverged.
 
         A non-finite result is discarded and counted in ``diverged``: the model and version stay as they were.
+        ``wakes_parked=False``: the new model gives no parked client work (see ``take_woken``).
         """
         new_params = [np.asarray(p) for p in new_params]
         for p in new_params:
@@ -347,8 +359,14 @@ class Strategy(ABC):
         self._params = new_params
         self._version += 1
         self._wake += 1
+        if wakes_parked:
+            self._woken = None
         return True
 
-    def _poke(self) -> None:
-        """Parked clients may now get work although the model did not change (see ``tracks_wakeups``)."""
+    def _poke(self, nodes: Iterable[int] | None = None) -> None:
+        """Parked clients (``nodes``, else any) may now get work although the model did not change."""
         self._wake += 1
+        if nodes is None:
+            self._woken = None
+        elif self._woken is not None:
+            self._woken.update(nodes)

@@ -243,7 +243,7 @@ class FedCompass(Strategy):
 
     def on_idle(self, client: ClientInfo, now: float) -> Task | None:
         i = client.node_id
-        if i in self._parked:  # (known already: it arrived.) Every aggregation re-asks all parked clients
+        if i in self._parked:  # (known already: it arrived.) Its group's aggregation asks it again
             return None
         self._adopt(client)
         cfg = self._ready.pop(i, None)
@@ -359,11 +359,13 @@ class FedCompass(Strategy):
         est, q_max = self._est, self.q_max
         members = sorted(g.arrived, key=lambda j: (est[j].duration(q_max), j))
         g.arrived = {}
+        woken = []
         for j in members:
             if self._parked.pop(j, None) is not None:
                 self._assign(j, now)
+                woken.append(j)
         self._drop_if_empty(g)
-        self._poke()
+        self._poke(woken)  # only a group's aggregation un-parks clients: its members
         return ok
 
     def _assign(self, i: int, now: float) -> None:
@@ -519,7 +521,7 @@ class FedCompass(Strategy):
                 new[t] = np.array(entries[0][2][t], copy=True)
             else:
                 new[t] = mean_of([p[t] for _, _, p, _ in entries])
-        return self._commit(new)
+        return self._commit(new, wakes_parked=False)  # parked clients wait for their group, not the model
 
     # ----------------------------------------------------------------- persistence
     # Models appear as the very arrays the strategy holds (the model a task was sent with is shared by every entry

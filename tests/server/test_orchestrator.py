@@ -365,3 +365,29 @@ def test_every_checkpoint_counts_the_update_that_triggered_it(tmp_path):
     for f in files:
         state = ckpt.load(f)
         assert state["client_updates"] == state["counters"].get("update_applied", 0) == state["strategy"]["version"]
+
+
+def test_fedcompass_parked_clients_are_asked_again_only_when_their_group_aggregates():
+    """A client parked in an arrived group is re-asked when that group aggregates, not after every event."""
+    from fedhive.strategies.fedcompass import FedCompass
+
+    asked_while_parked: dict[int, int] = {}
+    results: dict[int, int] = {}
+
+    class Counting(FedCompass):
+        def on_idle(self, client, now):
+            task = super().on_idle(client, now)
+            if task is None:
+                asked_while_parked[client.node_id] = asked_while_parked.get(client.node_id, 0) + 1
+            return task
+
+        def on_update(self, update, sent, now):
+            results[update.node_id] = results.get(update.node_id, 0) + 1
+            return super().on_update(update, sent, now)
+
+    strat = Counting(q_min=5, q_max=20, speed_model="per_step")
+    res, _, _ = run(strat, n=12, jitter=0.3, stop=StopCondition(max_time=200.0))
+    assert res.final["version"] > 10 and sum(asked_while_parked.values()) > 0
+    # Each result parks its client at most once (the ask right after it arrives); re-asking every parked client
+    # after every event (the rule without take_woken) gives several "nothing yet" per result.
+    assert all(asked_while_parked[i] <= results[i] for i in asked_while_parked)

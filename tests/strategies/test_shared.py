@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fedhive.strategies import STRATEGIES, build, parameters
+from fedhive.strategies.base import ClientInfo
 from fedhive.strategies import weighted_sum as ws
 from fedhive.strategies.staleness import hinge, make_staleness, polynomial
 
@@ -528,3 +529,19 @@ def test_a_device_plan_takes_numpy_integers():
 
     plan = DevicePlan.of({"local_steps": np.int64(10), "fetch_step": np.int32(4)}, 0)
     assert plan is not None and (plan.first, plan.rest) == (4, 6)
+
+
+def test_take_woken_names_the_poked_clients_or_none_for_all():
+    s = build("fedcompass", {})
+    s.start([np.zeros(3, np.float32)], [ClientInfo(i, 10, "cpu") for i in range(3)], 0.0)
+    assert s.take_woken() is None              # start: any parked client may get work
+    assert s.take_woken() == set()             # taken: the record starts again empty
+    e = s.wake_epoch
+    s._poke([1, 2])
+    s._poke([2])
+    assert s.wake_epoch != e and s.take_woken() == {1, 2}
+    s._poke([0])
+    s._poke()
+    assert s.take_woken() is None              # a plain poke wakes everyone, whatever was named before
+    assert s._commit([np.ones(3, np.float32)], wakes_parked=False) and s.take_woken() == set()
+    assert s._commit([np.zeros(3, np.float32)]) and s.take_woken() is None
