@@ -15,10 +15,10 @@ def serve(address: str, registry: CollectorRegistry, option: str) -> Any:
     ValueError
         ``address`` is not ``HOST:PORT`` (``option`` names the setting in the message). OSError: the port is taken.
     """
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"{option} must be HOST:PORT (e.g. 127.0.0.1:9400), got {address!r}")
-    return start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+    from fedhive.runconfig import host_port
+
+    host, port = host_port(option, address, any_port=True)
+    return start_http_server(port, addr=host or "127.0.0.1", registry=registry)
 
 
 def stop(handle: Any) -> None:

@@ -12,7 +12,9 @@ Flower refuses ``flwr run --run-config`` keys that the app's pyproject does not 
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 from typing import Any, Mapping
 
 from fedhive.strategies.params import parse_pairs
@@ -73,6 +75,39 @@ def parse_kv(text: str, what: str) -> dict[str, Any]:
     else:
         pairs = parse_pairs(text.split(","), what, example="'k=v,k=v' (buffer_size=3,server_lr=0.5) or a JSON object")
     return {str(k).replace("-", "_"): v for k, v in pairs.items()}
+
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+
+
+def host_port(what: str, value: Any, *, any_port: bool = False) -> tuple[str, int]:
+    """``value`` as ``HOST:PORT``: ``(host, port)``, an IPv6 host without its brackets.
+
+    Accepted: a host name or IPv4 address (``127.0.0.1:9400``, ``store.lan:9300``) or a bracketed IPv6 address
+    (``[::1]:9092``), then a port 1-65535 (0-65535 with ``any_port``: 0 picks a free one). ``what`` names the
+    setting in the error.
+    """
+    ports = "0-65535, 0: any free port" if any_port else "1-65535"
+    accepted = f"HOST:PORT with a port {ports} (e.g. 127.0.0.1:9400, or [::1]:9400 for IPv6)"
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be {accepted}, got {value!r}")
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or len(port) > 5:
+        raise ValueError(f"{what} must be {accepted}, got {value!r}")
+    number = int(port)
+    if not (0 if any_port else 1) <= number <= 65535:
+        raise ValueError(f"{what} must be {accepted}, got port {number} in {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"{what} must be {accepted}; {host} is not an IPv6 address (in {value!r})") from None
+        return host[1:-1], number
+    if ":" in host:
+        raise ValueError(f"{what} must be {accepted}; write an IPv6 host in brackets, got {value!r}")
+    if not _HOSTNAME.fullmatch(host):
+        raise ValueError(f"{what} must be {accepted}; {host!r} is not a host name or address (in {value!r})")
+    return host, number
 
 
 def task_settings(run_config: Mapping[str, Any]) -> dict[str, Any]:

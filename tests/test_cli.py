@@ -79,3 +79,25 @@ def test_sigterm_runs_the_cleanup_of_fedhive_up_and_the_benchmarks(tmp_path):
             f"    open({str(marker)!r}, 'w').write('yes')\n")
     proc = subprocess.run([sys.executable, "-c", code], timeout=60)
     assert proc.returncode == 143 and marker.read_text() == "yes"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--strategy", "nope"], "run-config strategy must be one of fedavg"),
+    (["--set", "ttl=0"], "run-config ttl must be a finite number > 0, got 0"),
+    (["--set", "poll-interval=0"], "run-config poll-interval must be a finite number > 0"),
+    (["--metrics-address", "127.0.0.1:99999"], "run-config metrics-address ('' for none) must be HOST:PORT"),
+    (["--set", "store-address=::1:9300"], "write an IPv6 host in brackets"),
+])
+def test_fedhive_up_refuses_bad_run_config_values_before_starting_a_process(argv, words, tmp_path, monkeypatch,
+                                                                            capsys):
+    import fedhive.localcluster
+    import fedhive.up
+
+    def no_process(*a, **k):
+        raise AssertionError("fedhive up started something before checking its run config")
+
+    monkeypatch.setattr(fedhive.localcluster, "exit_on_sigterm", lambda: None)
+    monkeypatch.setattr(fedhive.up, "LocalCluster", no_process)
+    monkeypatch.setattr(fedhive.up, "_prewarm", no_process)
+    assert main(["up", "--out", str(tmp_path / "run"), *argv]) == 2
+    assert words in capsys.readouterr().err

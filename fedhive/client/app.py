@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from typing import TYPE_CHECKING
 
 from fedhive import messages as M
@@ -30,14 +31,33 @@ _PROFILE_KEYS = ("device-class", "arch", "cores", "memory-gb", "accelerator", "b
 _local_trainer = None
 
 
-def _trainer_call(node: dict, header: dict, arrays: list) -> tuple[dict, list]:
-    """Run a request on the agent's warm worker if the node config names one, else in this process."""
+def _call_timeout(msg: Message | None) -> float | None:
+    """Seconds the call to the worker may take: the message's TTL (None when it has no usable one).
+
+    The TTL is taken relative to now rather than to ``created_at``, which is the server's clock: a device clock
+    that runs ahead (a board without a real-time clock) must not cut the work short.
+    """
+    ttl = getattr(getattr(msg, "metadata", None), "ttl", None)
+    try:
+        ttl = float(ttl)
+    except (TypeError, ValueError):
+        return None
+    return ttl if math.isfinite(ttl) and ttl > 0 else None
+
+
+def _trainer_call(node: dict, header: dict, arrays: list, msg: Message | None = None) -> tuple[dict, list]:
+    """Run a request on the agent's warm worker if the node config names one, else in this process.
+
+    The worker call is bounded by the message's TTL (:func:`_call_timeout`); a worker that does not answer in
+    time, or breaks off, is a :class:`~fedhive.client.worker.WorkerError` (Flower reports it to the server). Only
+    a worker that cannot be reached at all (nothing was sent) makes the ClientApp train in its own process.
+    """
     worker = node.get("worker")
     if worker:
         from .worker import call
 
         try:
-            return call(str(worker), header, arrays)
+            return call(str(worker), header, arrays, timeout=_call_timeout(msg))
         except OSError as exc:
             log.warning("warm worker %s unreachable (%s); training in the ClientApp process", worker, exc)
     global _local_trainer
@@ -66,7 +86,7 @@ def train(msg: Message, context: Context) -> Message:
     config = dict(msg.content[M.CONFIG]) if M.CONFIG in msg.content else {}
     header = {"op": "train", "settings": settings, "node": node, "config": config,
               "seed": _seed(context.node_id, config.get(M.TASK_ID, msg.metadata.message_id))}
-    metrics, out = _trainer_call(node, header, params)
+    metrics, out = _trainer_call(node, header, params, msg)
     content = RecordDict({M.ARRAYS: M.to_array_record(out, names), M.METRICS: M.metric_record(metrics)})
     return Message(content, reply_to=msg)
 
@@ -76,7 +96,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
     node, settings = _base(context)
     params = M.from_array_record(msg.content[M.ARRAYS])
-    metrics, _ = _trainer_call(node, {"op": "evaluate", "settings": settings, "node": node}, params)
+    metrics, _ = _trainer_call(node, {"op": "evaluate", "settings": settings, "node": node}, params, msg)
     return Message(RecordDict({M.METRICS: M.metric_record(metrics)}), reply_to=msg)
 
 
@@ -84,7 +104,7 @@ def profile(msg: Message, context: Context) -> Message:
     from flwr.app import ConfigRecord, Message, RecordDict
 
     node, settings = _base(context)
-    reply, _ = _trainer_call(node, {"op": "profile", "settings": settings, "node": node}, [])
+    reply, _ = _trainer_call(node, {"op": "profile", "settings": settings, "node": node}, [], msg)
     prof = {k: node[k] for k in _PROFILE_KEYS if k in node}
     prof.setdefault("device-class", "unknown")
     prof.update(reply)

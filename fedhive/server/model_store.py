@@ -7,7 +7,13 @@ chunks, else the reply is one "not newer" message. Every call must carry the run
 ``x-fedhive-token``); the service uses the SuperLink's TLS certificate and key when TLS is on.
 
 The orchestrator thread publishes each new global model with :meth:`ModelStore.publish` (a reference swap); the
-file is serialised once per version, lazily, by the first request that needs it.
+file is serialised exactly once per version, lazily, by the first request that needs it (concurrent requests wait
+for that one encoding; :attr:`ModelStore.encodes` counts them).
+
+Load is bounded: at most ``max_streams`` calls are served at once (gRPC's ``maximum_concurrent_rpcs``; one more is
+answered RESOURCE_EXHAUSTED at once, which the device's :func:`~fedhive.client.fetch.fetch_model` raises as a
+``FetchError`` and trains on without the fetch). Counters: ``served``, ``not_newer``, ``refused`` (bad token),
+``failed`` (the model could not be encoded: INTERNAL).
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import numpy as np
 from fedhive.proto import model_store_pb2 as pb
 from fedhive.proto import model_store_pb2_grpc as pb_grpc
 from fedhive.proto.modelfile import encode
+from fedhive.runconfig import host_port
+from fedhive.strategies.params import integer
 
 log = logging.getLogger("fedhive.model_store")
 
@@ -50,7 +58,12 @@ class _Servicer(pb_grpc.ModelStoreServicer):
             self.store.refused += 1
             context.abort(grpc.StatusCode.UNAUTHENTICATED,
                           f"missing or wrong run token in metadata {TOKEN_KEY!r}; use the token of this run")
-        version, data, digest = self.store.snapshot(request.min_version)
+        try:
+            version, data, digest = self.store.snapshot(request.min_version)
+        except Exception as exc:  # a model that cannot be encoded: the device trains on without it
+            self.store.failed += 1
+            log.exception("model store cannot encode its model")
+            context.abort(grpc.StatusCode.INTERNAL, f"the store cannot encode its model: {type(exc).__name__}")
         if data is None:
             self.store.not_newer += 1
             yield pb.ModelChunk(newer=False, version=version)
@@ -77,24 +90,35 @@ class ModelStore:
         The run's token (default: a fresh random one, see :attr:`token`).
     certificates : tuple of paths, optional
         ``(certfile, keyfile)`` for TLS: the same files as the SuperLink's ``--ssl-certfile/--ssl-keyfile``.
+    max_workers : int
+        Threads serving calls.
+    max_streams : int, optional
+        Calls served at once (default ``max_workers``); more are refused with RESOURCE_EXHAUSTED.
     """
 
     def __init__(self, address: str = "127.0.0.1:0", *, token: str | None = None,
-                 certificates: tuple[str | Path, str | Path] | None = None, max_workers: int = 8) -> None:
-        host, sep, port = address.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"model store address must be HOST:PORT (e.g. 0.0.0.0:9300), got {address!r}")
+                 certificates: tuple[str | Path, str | Path] | None = None, max_workers: int = 8,
+                 max_streams: int | None = None) -> None:
+        host_port("model store address", address, any_port=True)
+        host = address.rpartition(":")[0]  # an IPv6 host keeps its brackets, as gRPC wants it
         self.token = token or new_token()
         self.tls = certificates is not None
         self._lock = threading.Lock()
         self._version = -1
         self._params: Sequence[np.ndarray] | None = None
         self._file: tuple[int, bytes, str] | None = None
+        self._encode_lock = threading.Lock()  # one encoding at a time: each version is encoded once
         self.served = 0
         self.not_newer = 0
         self.refused = 0
+        self.failed = 0
+        self.encodes = 0
+        max_workers = integer("model store max_workers", max_workers, low=1)
+        self.max_streams = integer("model store max_streams", max_workers if max_streams is None else max_streams,
+                                   low=1)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="store"),
-                                   options=[("grpc.max_send_message_length", MAX_CHUNK + (1 << 16))])
+                                   options=[("grpc.max_send_message_length", MAX_CHUNK + (1 << 16))],
+                                   maximum_concurrent_rpcs=self.max_streams)
         pb_grpc.add_ModelStoreServicer_to_server(_Servicer(self), self._server)
         if certificates is not None:
             cert, key = (Path(p).read_bytes() for p in certificates)
@@ -126,11 +150,16 @@ class ModelStore:
         if params is None or version <= min_version:
             return version, None, ""
         if cached is None or cached[0] != version:
-            data = encode(params)
-            cached = (version, data, hashlib.sha256(data).hexdigest())
-            with self._lock:
-                if self._version == version:
-                    self._file = cached
+            with self._encode_lock:
+                with self._lock:
+                    cached = self._file
+                if cached is None or cached[0] != version:  # no one encoded it while this call waited
+                    data = encode(params)
+                    self.encodes += 1
+                    cached = (version, data, hashlib.sha256(data).hexdigest())
+                    with self._lock:
+                        if self._version == version:
+                            self._file = cached
         return cached[0], cached[1], cached[2]
 
     def stop(self, grace: float | None = 1.0) -> None:

@@ -200,16 +200,26 @@ def load_fleet(spec: str | Path | Mapping[str, Any]) -> FleetSpec:
         path = Path(text)
         if not path.is_file():
             raise ValueError(f"fleet {text!r} is neither a preset ({', '.join(PRESETS)}) nor a TOML file")
-        with path.open("rb") as f:
-            data = tomllib.load(f)
+        try:
+            with path.open("rb") as f:
+                data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"fleet file {text}: not valid TOML: {exc}") from exc
     known = {"mix", "jitter", "dropout", "rejoin", "client_jitter", "classes"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"unknown fleet setting(s) {', '.join(unknown)}; accepted: {', '.join(sorted(known))}")
     profiles = dict(DEVICE_CLASSES)
-    for name, cfg in dict(data.get("classes", {})).items():
+    fields = {"seconds_per_step", "bandwidth", "latency", "resources"}
+    classes = data.get("classes", {})
+    if not isinstance(classes, Mapping):
+        raise ValueError(f"fleet setting classes must be a table of device classes ([classes.NAME] with "
+                         f"{', '.join(sorted(fields))}), got {classes!r}")
+    for name, cfg in classes.items():
+        if not isinstance(cfg, Mapping):
+            raise ValueError(f"fleet setting classes.{name} must be a table ([classes.{name}] with "
+                             f"{', '.join(sorted(fields))}), got {cfg!r}")
         base = profiles.get(name)
-        fields = {"seconds_per_step", "bandwidth", "latency", "resources"}
         bad = sorted(set(cfg) - fields)
         if bad:
             raise ValueError(f"device class {name!r}: unknown setting(s) {', '.join(bad)}; accepted: "
@@ -223,12 +233,18 @@ def load_fleet(spec: str | Path | Mapping[str, Any]) -> FleetSpec:
             raise ValueError(f"new device class {name!r} needs seconds_per_step and bandwidth")
         nums = {k: number(f"device class {name!r}: {k}", merged[k]) for k in ("seconds_per_step", "bandwidth",
                                                                                "latency")}
+        resources = merged["resources"]
+        if not isinstance(resources, Mapping) or not all(isinstance(r, str) for r in resources):
+            raise ValueError(f"device class {name!r}: resources must be a table of RESOURCE = AMOUNT, e.g. "
+                             f"{{CPU = 1, GPU = 0.25}}, got {resources!r}")
+        resources = {r: number(f"device class {name!r}: resources.{r}", v, low=0) for r, v in resources.items()}
         profiles[name] = DeviceProfile(name, nums["seconds_per_step"], nums["bandwidth"], nums["latency"],
-                                       dict(merged["resources"]))
+                                       resources)
     mix = data.get("mix")
     if isinstance(mix, str):
         mix = parse_mix(mix)
     if not isinstance(mix, Mapping):
-        raise ValueError("a fleet needs a [mix] table of CLASS = COUNT")
+        raise ValueError(f"a fleet needs a [mix] table of CLASS = COUNT (or mix = \"gpu=5,cpu=20\"), got "
+                         f"{'nothing' if mix is None else repr(mix)}")
     kw = {k: number(k, data[k]) for k in ("jitter", "dropout", "rejoin", "client_jitter") if k in data}
     return FleetSpec(dict(mix), profiles=profiles, **kw)

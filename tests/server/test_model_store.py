@@ -225,3 +225,172 @@ def test_store_over_tls_with_the_superlinks_certificate(tmp_path):
             fetch_model(s.address, s.token, 0, timeout=5)
     finally:
         s.stop()
+
+
+# --------------------------------------------------------------------------- concurrency, limits, every fetch error
+def test_concurrent_fetches_encode_each_version_once(store, monkeypatch):
+    import threading
+    import time
+
+    from fedhive.server import model_store as ms
+
+    real = ms.encode
+
+    def slow_encode(arrays):  # a slow encoding widens the race the lock must close
+        time.sleep(0.2)
+        return real(arrays)
+
+    monkeypatch.setattr(ms, "encode", slow_encode)
+    model = small_model()
+    store.publish(model, 1)
+    results, start = [], threading.Barrier(8)
+
+    def fetch():
+        start.wait()
+        results.append(fetch_model(store.address, store.token, 0, timeout=20))
+
+    threads = [threading.Thread(target=fetch) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 8 and all(v == 1 and all(same_bits(a, b) for a, b in zip(got, model))
+                                     for v, got, _ in results)
+    assert store.encodes == 1 and store.served == 8
+    store.publish([a + 1 for a in model], 2)
+    assert fetch_model(store.address, store.token, 1)[0] == 2 and store.encodes == 2
+
+
+def test_streams_beyond_the_bound_are_refused_and_raised_as_fetch_errors(monkeypatch):
+    import threading
+
+    from fedhive.server import model_store as ms
+
+    gate = threading.Event()
+    real = ms.encode
+    monkeypatch.setattr(ms, "encode", lambda arrays: (gate.wait(10), real(arrays))[1])
+    s = ModelStore("127.0.0.1:0", max_streams=1)
+    try:
+        assert s.max_streams == 1
+        s.publish(small_model(), 1)
+        held = threading.Thread(target=fetch_model, args=(s.address, s.token, 0), kwargs={"timeout": 20})
+        held.start()
+        import time
+
+        deadline = time.monotonic() + 5
+        while s.served == 0 and time.monotonic() < deadline:  # the first call is inside the store
+            time.sleep(0.02)
+        with pytest.raises(FetchError, match="RESOURCE_EXHAUSTED"):
+            fetch_model(s.address, s.token, 0, timeout=5)
+        gate.set()
+        held.join(20)
+    finally:
+        gate.set()
+        s.stop()
+
+
+def test_a_model_that_cannot_be_encoded_is_internal_and_counted(store):
+    store.publish([object()], 1)  # not an array
+    with pytest.raises(FetchError, match="INTERNAL"):
+        fetch_model(store.address, store.token, 0, timeout=5)
+    assert store.failed == 1 and store.served == 0
+    store.publish(small_model(), 2)
+    assert fetch_model(store.address, store.token, 0)[0] == 2
+
+
+def test_a_missing_ca_file_is_a_fetch_error_naming_it(store, tmp_path):
+    missing = tmp_path / "no-such-ca.crt"
+    with pytest.raises(FetchError, match="no-such-ca.crt"):
+        fetch_model(store.address, store.token, 0, root_certificates=missing, timeout=2)
+    with pytest.raises(FetchError):  # a CA file that is not PEM: the handshake fails
+        bad = tmp_path / "bad.crt"
+        bad.write_bytes(b"not a certificate")
+        fetch_model(store.address, store.token, 0, root_certificates=bad, timeout=2)
+
+
+class _Liar(pb_grpc.ModelStoreServicer):
+    """A store that sends whatever chunks it is given."""
+
+    def __init__(self, chunks):
+        self.chunks = chunks
+
+    def GetModel(self, request, context):  # noqa: N802
+        yield from self.chunks
+
+
+def _liar(chunks):
+    from concurrent import futures
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_ModelStoreServicer_to_server(_Liar(chunks), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+def _chunk(data, total=None, offset=0, digest=None):
+    import hashlib
+
+    return pb.ModelChunk(newer=True, version=5, total_bytes=len(data) if total is None else total, offset=offset,
+                         data=data, sha256=hashlib.sha256(data).hexdigest() if digest is None else digest)
+
+
+@pytest.mark.parametrize("chunks, words", [
+    ([_chunk(b"\x00garbage model bytes")], "not a model"),
+    ([_chunk(b"\xff" * 64)], "not a model"),
+    ([_chunk(b"abc", digest="0" * 64)], "bad checksum"),
+    ([_chunk(b"abc", total=10)], "3 of 10 bytes"),
+    ([_chunk(b"abcdef", total=3)], "offset 0 of 6 bytes after 0 of 3"),
+    ([_chunk(b"abc", total=6), pb.ModelChunk(newer=True, version=5, offset=7, data=b"def")], "offset 7"),
+    ([_chunk(b"abc", total=1 << 40)], "limit"),
+])
+def test_a_broken_model_from_the_store_is_a_fetch_error(chunks, words):
+    server, address = _liar(chunks)
+    try:
+        with pytest.raises(FetchError, match=words):
+            fetch_model(address, "t", 0, timeout=5)
+    finally:
+        server.stop(None)
+
+
+def test_a_stuck_store_is_a_fetch_error_within_the_deadline():
+    import socket
+    import time
+
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)  # accepts TCP, never speaks HTTP/2
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(FetchError):
+            fetch_model(f"127.0.0.1:{lsock.getsockname()[1]}", "t", 0, timeout=1.0)
+        assert time.monotonic() - t0 < 5
+    finally:
+        lsock.close()
+
+
+def test_the_default_fetch_deadline_is_short():
+    import inspect
+
+    from fedhive.client import fetch
+
+    assert inspect.signature(fetch_model).parameters["timeout"].default == fetch.FETCH_TIMEOUT <= 30
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:70000", "::1:0", "[nope]:0"])
+def test_bad_listen_ports_and_unbracketed_ipv6_are_refused(address):
+    with pytest.raises(ValueError, match="model store address must be HOST:PORT"):
+        ModelStore(address)
+
+
+def test_the_store_listens_on_ipv6_in_brackets():
+    try:
+        s = ModelStore("[::1]:0")
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    try:
+        assert s.address.startswith("[::1]:")
+        s.publish(small_model(), 1)
+        assert fetch_model(s.address, s.token, 0, timeout=5)[0] == 1
+    finally:
+        s.stop()

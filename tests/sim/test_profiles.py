@@ -86,3 +86,41 @@ def test_ray_task_options_ask_for_a_gpu_share_only_when_told_to():
     assert set(RAY_GPUS) == {"auto", "always", "never"}
     with pytest.raises(ValueError, match="ray_gpus must be one of auto, always, never"):
         make_executor("inline", None, None, ray_gpus="sometimes")
+
+
+# --------------------------------------------------------------------------- fleet TOML errors name the key
+@pytest.mark.parametrize("text, words", [
+    ("[classes]\nx = 5\n[mix]\ncpu = 1\n", "classes.x must be a table"),
+    ("classes = 3\n[mix]\ncpu = 1\n", "classes must be a table"),
+    ("classes = [1, 2]\n[mix]\ncpu = 1\n", "classes must be a table"),
+    ("[classes.j]\nseconds_per_step = 0.1\nbandwidth = 1e6\nresources = 4\n[mix]\nj = 1\n",
+     "'j': resources must be a table"),
+    ("[classes.j]\nseconds_per_step = 0.1\nbandwidth = 1e6\nresources = {CPU = 'x'}\n[mix]\nj = 1\n",
+     "resources.CPU"),
+    ("[classes.j]\nseconds_per_step = 'fast'\nbandwidth = 1e6\n[mix]\nj = 1\n", "'j': seconds_per_step"),
+    ("[classes.j]\nbandwidth = 1e6\n[mix]\nj = 1\n", "needs seconds_per_step and bandwidth"),
+    ("[classes.j]\nspeed = 1\n[mix]\nj = 1\n", "unknown setting.*speed"),
+    ("mix = 5\n", "\\[mix\\] table of CLASS = COUNT.*got 5"),
+    ("jitter = 0.1\n", "\\[mix\\] table.*got nothing"),
+    ("[mix]\ncpu = 'many'\n", "device count for 'cpu'"),
+    ("[mix]\ncpu = {a = 1}\n", "device count for 'cpu'"),
+    ("[mix]\nnope = 1\n", "unknown device class 'nope'"),
+    ("jitter = 'x'\n[mix]\ncpu = 1\n", "jitter"),
+    ("dropout = 2\n[mix]\ncpu = 1\n", "dropout"),
+    ("speed = 1\n[mix]\ncpu = 1\n", "unknown fleet setting.*speed"),
+    ("[mix\ncpu = 1\n", "not valid TOML"),
+])
+def test_bad_fleet_toml_is_a_value_error_naming_the_key(tmp_path, text, words):
+    path = tmp_path / "fleet.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=words):
+        load_fleet(path)
+
+
+def test_a_good_fleet_toml_with_a_new_class(tmp_path):
+    path = tmp_path / "fleet.toml"
+    path.write_text("jitter = 0.1\n[mix]\njetson = 2\ncpu = 1\n[classes.jetson]\nseconds_per_step = 0.02\n"
+                    "bandwidth = 50e6\nresources = {CPU = 1, GPU = 0.5}\n")
+    fleet = load_fleet(path)
+    assert fleet.mix == {"jetson": 2, "cpu": 1} and fleet.jitter == 0.1
+    assert fleet.profile("jetson").resources == {"CPU": 1.0, "GPU": 0.5}
