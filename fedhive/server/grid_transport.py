@@ -15,7 +15,15 @@ code  Flower's meaning                      failure reason
 8     the ClientApp process crashed         ``client_crashed``
 ====  ===================================  =================
 
-A reply that cannot be decoded (no arrays, arrays that do not decode, no ``num-examples``) is a ``Malformed`` event.
+A reply that cannot be decoded is a ``Malformed`` event, never an exception: no arrays; arrays not named exactly like
+the model's tensors (in any order: they are mapped by name; missing and foreign names are both reported); an array
+whose declared dtype or shape is not that of the tensor the task was sent with, whose data is larger than that tensor
+needs, that is not ``.npy`` data, or that does not decode to a plain ndarray of that dtype and shape (all but the last
+checked before decoding; see :func:`fedhive.messages.from_array_record`); no ``num-examples``, or one that is not an
+integer from 0 to ``MAX_NUM_EXAMPLES``. Of a good reply's metrics only finite numbers are kept (at most
+``MAX_METRICS``; the rest is dropped and counted in ``metric_rejections``), so the ``Update`` holds ``str -> int |
+float`` only. A profile's ``device-class`` and ``num-examples`` that cannot be taken become ``unknown`` and 0, counted
+in ``profile_rejections``; ``profiles`` keeps a bounded number of short scalar entries of each.
 A fedhive client echoes the version it trained from (``fedhive.version`` in its metrics); that claim goes into the
 ``Update`` for the engine to check against its record of the task (a SuperNode that pairs a reply with the wrong
 message is caught there), and a stock ClientApp that says nothing leaves it ``None``.
@@ -27,7 +35,9 @@ checkpoint's time. Work in flight before a restart belonged to the old Flower ru
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -48,6 +58,33 @@ ERROR_REASONS = {2: "client_error", 3: "timeout", 5: "node_lost", 8: "client_cra
 
 # Flower 1.42's SuperNode sleeps this long between pulls when it has nothing to do (hard-coded).
 SUPERNODE_IDLE_POLL = 3.0
+
+# What is kept of what a node sends (everything past these is dropped and counted; see the module docstring).
+MAX_PROFILE_KEYS = 32  # entries of a profile kept in ``GridTransport.profiles``
+MAX_PROFILE_CHARS = 256  # the longest string value kept in a profile
+MAX_KEY_CHARS = 64  # the longest profile or metric name kept
+MAX_METRICS = 64  # entries of a reply's metrics kept in the ``Update``
+
+
+def _profile_value(value: object) -> object | None:
+    """A profile value worth keeping: a bool, an int, a finite float or a string of at most MAX_PROFILE_CHARS."""
+    if type(value) is str:
+        return value if len(value) <= MAX_PROFILE_CHARS else None
+    return M.finite_number(value) if type(value) is not bool else value
+
+
+def _short(value: object, limit: int = 64) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for a log line or an event's detail (a huge int, whose ``repr``
+    would raise, and any non-scalar are described by their type)."""
+    if type(value) is int and abs(value) >= 10**limit:
+        text = f"<int of {value.bit_length()} bits>"
+    elif type(value) is str:
+        text = repr(value[:limit + 1])
+    elif type(value) in (int, float, bool):
+        text = repr(value)
+    else:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass
@@ -111,6 +148,9 @@ class GridTransport(Transport):
         self.pull_seconds = 0.0
         self.pulls = 0
         self.profiles: dict[int, dict[str, Any]] = {}
+        # What was refused or dropped of what nodes sent, by reason (for the server app to report):
+        self.profile_rejections: Counter[str] = Counter()  # num-examples, device-class, entries_dropped
+        self.metric_rejections: Counter[str] = Counter()  # not_a_number, bad_name, too_many
 
     # ------------------------------------------------------------------ clock and membership
     def now(self) -> float:
@@ -170,15 +210,53 @@ class GridTransport(Transport):
             self._join(node, {}, "the profile query was refused")
 
     def _join(self, node: int, profile: Mapping[str, Any], why: str = "") -> None:
+        """Make ``node`` a client with what its ``profile`` (untrusted) says.
+
+        ``device-class`` is kept if :func:`fedhive.messages.device_class` accepts it, ``num-examples`` if it is an
+        integer from 0 to ``MAX_NUM_EXAMPLES``; anything else becomes ``unknown`` / 0 and is counted in
+        ``profile_rejections``. ``profiles[node]`` keeps at most MAX_PROFILE_KEYS entries with names of at most
+        MAX_KEY_CHARS characters and scalar values (strings of at most MAX_PROFILE_CHARS); the rest is dropped.
+        """
         if node not in self._online:
             return  # it left before it answered
-        device_class = str(profile.get("device-class", "unknown")) or "unknown"
-        num_examples = profile.get("num-examples", 0)
-        num_examples = int(num_examples) if isinstance(num_examples, (int, float)) and num_examples >= 0 else 0
-        self.profiles[node] = dict(profile)
+        refused: set[str] = set()
+        raw_class = profile.get("device-class", "unknown")
+        device_class = M.device_class(raw_class)
+        if device_class is None:
+            device_class = "unknown"
+            refused.add(self._refuse_profile(node, "device-class", raw_class))
+        raw_n = profile.get("num-examples", 0)
+        num_examples = M.example_count(raw_n)
+        if num_examples is None:
+            num_examples = 0
+            refused.add(self._refuse_profile(node, "num-examples", raw_n))
+        kept: dict[str, Any] = {}
+        dropped = 0
+        for key, value in profile.items():
+            if key in refused:
+                continue  # counted above
+            value = _profile_value(value)
+            if len(kept) >= MAX_PROFILE_KEYS or type(key) is not str or len(key) > MAX_KEY_CHARS or value is None:
+                dropped += 1
+                continue
+            kept[key] = value
+        if dropped:
+            self.profile_rejections["entries_dropped"] += dropped
+            log.warning("node %s: %d profile entries dropped (kept: at most %d scalars, strings of at most %d "
+                        "characters)", node, dropped, MAX_PROFILE_KEYS, MAX_PROFILE_CHARS)
+        self.profiles[node] = kept
         self._clients[node] = ClientInfo(node, num_examples, device_class)
         self._membership += 1
         log.info("node %s joined: %s, %d examples%s", node, device_class, num_examples, f" ({why})" if why else "")
+
+    def _refuse_profile(self, node: int, key: str, value: object) -> str:
+        self.profile_rejections[key] += 1
+        accepted = {"device-class": f"one of {', '.join(M.KNOWN_DEVICE_CLASSES)} or a token of a-z, 0-9, _ and - "
+                                    "(at most 32 characters)",
+                    "num-examples": f"an integer from 0 to {M.MAX_NUM_EXAMPLES}"}[key]
+        log.warning("node %s: profile %s %s refused (accepted: %s); taken as %s", node, key, _short(value), accepted,
+                    "unknown" if key == "device-class" else 0)
+        return key
 
     # ------------------------------------------------------------------ dispatch
     def _record(self, version: int, params: Sequence[np.ndarray]) -> ArrayRecord:
@@ -280,22 +358,66 @@ class GridTransport(Transport):
             content = reply.content
             if M.ARRAYS not in content:
                 raise ValueError(f"the reply has no '{M.ARRAYS}' record")
-            params = M.from_array_record(content[M.ARRAYS], self.param_names)
-            metrics = dict(content[M.METRICS]) if M.METRICS in content else {}
-            n = metrics.get("num-examples", metrics.get("num_examples"))
-            if n is None:
+            raw = dict(content[M.METRICS]) if M.METRICS in content else {}
+            key = "num-examples" if "num-examples" in raw else "num_examples"
+            if key not in raw:
                 raise ValueError("the reply's metrics have no 'num-examples'")
-            if isinstance(n, float) and n.is_integer():
-                n = int(n)
-            if "loss" not in metrics and "train_loss" in metrics:
-                metrics["loss"] = metrics["train_loss"]
+            n = M.example_count(raw[key])
+            if n is None:
+                raise ValueError(f"the reply's '{key}' must be an integer from 0 to {M.MAX_NUM_EXAMPLES}, "
+                                 f"got {_short(raw[key])}")
+            # Arrays by name, each checked against the tensor this task was sent with before it is decoded.
+            specs = [(p.shape, p.dtype) for p in sent.params]
+            params = M.from_array_record(content[M.ARRAYS], self.param_names, specs)
         except (ValueError, KeyError, TypeError) as exc:
-            return Malformed(sent.task_id, src, str(exc), now)
-        claim = metrics.pop(M.VERSION, None)
-        if isinstance(claim, float) and claim.is_integer():
-            claim = int(claim)
+            return Malformed(sent.task_id, src, str(exc)[:300], now)
+        except Exception as exc:  # whatever else a hostile reply makes Flower or numpy raise: still only a bad reply
+            log.warning("task %s: undecodable reply from node %s", sent.task_id, src, exc_info=True)
+            return Malformed(sent.task_id, src, f"undecodable reply: {type(exc).__name__}: {str(exc)[:200]}", now)
+        claim = self._claim(raw.pop(M.VERSION, None))
+        metrics = self._metrics(src, raw)
+        if "loss" not in metrics and "train_loss" in metrics:
+            metrics["loss"] = metrics["train_loss"]
         self._bytes += sum(int(p.nbytes) for p in params)
         return Result(sent.task_id, Update(src, claim, params, n, metrics), now)
+
+    @staticmethod
+    def _claim(claim: object) -> object:
+        """The version a reply says it trained from, for the engine to check: an int (an integral float becomes
+        one), ``None``, or, as it is, any other scalar, which the engine refuses as ``version_mismatch``; anything
+        else (bytes, a list, a string over 64 characters, an int beyond int64) becomes a short description of it,
+        refused the same way and safe to print."""
+        if type(claim) is float and math.isfinite(claim) and claim.is_integer() and abs(claim) < 2**63:
+            return int(claim)
+        if (claim is None or type(claim) in (float, bool) or (type(claim) is int and abs(claim) < 2**63)
+                or (type(claim) is str and len(claim) <= 64)):
+            return claim
+        return _short(claim)
+
+    def _metrics(self, node: int, raw: Mapping[Any, Any]) -> dict[str, int | float]:
+        """The reply's metrics as ``str -> int | float``, all finite (:func:`fedhive.messages.finite_number`), at most
+        MAX_METRICS of them with names of at most MAX_KEY_CHARS characters; the rest is dropped and counted in
+        ``metric_rejections``."""
+        out: dict[str, int | float] = {}
+        dropped: list[str] = []
+        for key, value in raw.items():
+            if type(key) is not str or len(key) > MAX_KEY_CHARS:
+                self.metric_rejections["bad_name"] += 1
+                dropped.append(_short(key, 24))
+                continue
+            kept = M.finite_number(value)
+            if kept is None:
+                self.metric_rejections["not_a_number"] += 1
+                dropped.append(key)
+            elif len(out) >= MAX_METRICS:
+                self.metric_rejections["too_many"] += 1
+                dropped.append(key)
+            else:
+                out[key] = kept
+        if dropped:
+            log.warning("node %s: %d reply metrics dropped (accepted: at most %d finite numbers): %s%s", node,
+                        len(dropped), MAX_METRICS, ", ".join(dropped[:5]), " ..." if len(dropped) > 5 else "")
+        return out
 
     # ------------------------------------------------------------------ the end of a run
     def settle(self, grace: float = SUPERNODE_IDLE_POLL + 3.0, limit: float = 20.0) -> int:

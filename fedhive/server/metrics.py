@@ -1,7 +1,8 @@
 """Prometheus metrics of the server app (prometheus-client), fed by the orchestrator's observer hooks.
 
 Names carry the ``fedhive_`` prefix and base units; counters end in ``_total``; durations and staleness are
-histograms; the only label on per-update series is ``device_class`` (never a client id). Strategy gauges are what
+histograms; the only label on per-update series is ``device_class`` (never a client id), whose values are bounded:
+the known classes, the first ``MAX_DEVICE_CLASS_LABELS`` others, then ``other``. Strategy gauges are what
 ``Strategy.gauges()`` returns: FedBuff's buffer fill, FedCompass's open groups and general buffer, FedASMU's last ``α``.
 """
 
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily
 
 from fedhive import exposition
+from fedhive.messages import KNOWN_DEVICE_CLASSES
 from fedhive.engine import Observer
 from fedhive.strategies.base import ClientInfo, Outcome, Strategy, Task, Update
 
@@ -31,6 +33,12 @@ DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120, 30
 AGGREGATION_BUCKETS = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3)
 BYTES_BUCKETS = tuple(float(4 ** k) for k in range(5, 16))  # 1 KiB .. 1 GiB
 STEPS_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 500)
+# ``device_class`` label values: the known classes, then at most this many others (first come, names of at most
+# MAX_DEVICE_CLASS_CHARS characters); any further class is exported as ``other``, so a fleet cannot make the label's
+# values unbounded.
+MAX_DEVICE_CLASS_LABELS = 32
+MAX_DEVICE_CLASS_CHARS = 64
+OTHER_DEVICE_CLASS = "other"
 
 
 class _StoreCollector:
@@ -98,6 +106,7 @@ class ServerMetrics(Observer):
         self._store = _StoreCollector()
         r.register(self._store)
         self._classes: set[str] = set()
+        self._labels: set[str] = set()  # device_class label values other than the known classes
         self._http: Any = None
 
     def watch_store(self, store: ModelStore) -> None:
@@ -137,7 +146,7 @@ class ServerMetrics(Observer):
             self.on_membership(self.transport.clients(), now)
 
     def on_dispatch(self, task: Task, client: ClientInfo, now: float) -> None:
-        self.dispatched.labels(client.device_class).inc()
+        self.dispatched.labels(self._label(client.device_class)).inc()
         self.bytes_sent.inc(getattr(self, "_model_bytes", 0))
         steps = task.config.get("local_steps")
         if isinstance(steps, (int, float)):
@@ -146,9 +155,10 @@ class ServerMetrics(Observer):
 
     def on_update(self, update: Update, outcome: Outcome, client: ClientInfo, staleness: int, duration: float,
                   now: float) -> None:
-        self.updates.labels(outcome.status, outcome.reason, client.device_class).inc()
+        label = self._label(client.device_class)
+        self.updates.labels(outcome.status, outcome.reason, label).inc()
         self.staleness.observe(max(0, staleness))
-        self.duration.labels(client.device_class).observe(max(0.0, duration))
+        self.duration.labels(label).observe(max(0.0, duration))
         size = sum(int(p.nbytes) for p in update.params)
         self.update_bytes.observe(size)
         self.bytes_received.inc(size)
@@ -172,10 +182,23 @@ class ServerMetrics(Observer):
     def on_membership(self, clients: Sequence[ClientInfo], now: float) -> None:
         counts: dict[str, int] = {}
         for c in clients:
-            counts[c.device_class] = counts.get(c.device_class, 0) + 1
+            label = self._label(c.device_class)
+            counts[label] = counts.get(label, 0) + 1
         for cls in self._classes | set(counts):
             self.clients.labels(cls).set(counts.get(cls, 0))
         self._classes |= set(counts)
+
+    def _label(self, device_class: object) -> str:
+        """The ``device_class`` label for a client's class: the class itself if it is a known one or one of the
+        first MAX_DEVICE_CLASS_LABELS others seen (strings of at most MAX_DEVICE_CLASS_CHARS), else ``other``."""
+        if type(device_class) is not str:
+            return OTHER_DEVICE_CLASS
+        if device_class in KNOWN_DEVICE_CLASSES or device_class in self._labels:
+            return device_class
+        if 0 < len(device_class) <= MAX_DEVICE_CLASS_CHARS and len(self._labels) < MAX_DEVICE_CLASS_LABELS:
+            self._labels.add(device_class)
+            return device_class
+        return OTHER_DEVICE_CLASS
 
     def _after_change(self) -> None:
         if self.strategy is not None:

@@ -118,7 +118,10 @@ def params():
 
 
 def train_reply(arrays, metrics) -> RecordDict:
-    content = RecordDict({M.ARRAYS: ArrayRecord(arrays) if not isinstance(arrays, ArrayRecord) else arrays})
+    """A train reply; a list of arrays is named like the model (NAMES), as a fedhive or quickstart client does."""
+    if not isinstance(arrays, ArrayRecord):
+        arrays = ArrayRecord({n: Array(a) for n, a in zip(NAMES, arrays)})
+    content = RecordDict({M.ARRAYS: arrays})
     if metrics is not None:
         content[M.METRICS] = MetricRecord(metrics)
     return content
