@@ -117,7 +117,7 @@ def _up(args: argparse.Namespace) -> int:
     exit_on_sigterm()  # `kill`, `timeout` or systemd stop the cluster as Ctrl-C does
     up(strategy=args.strategy, agents=args.agents, mix=args.mix, duration=args.duration, task=args.task, out=args.out,
        metrics_address=args.metrics_address, settings=_pairs(args.set, "run-config setting", "max-versions=50"),
-       emulate=args.emulate)
+       emulate=args.emulate, max_restarts=args.max_restarts)
     return 0
 
 
@@ -218,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key (repeatable)")
     u.add_argument("--emulate", choices=("auto", "cgroup", "slowdown", "none"), default="auto",
                    help="how device classes get their speed (default: cgroup CPU quota if writable)")
+    u.add_argument("--max-restarts", type=int, default=3, help="times a run lost to a killed ServerApp or "
+                   "SuperLink is resumed from its newest checkpoint (default 3; 0: never)")
     u.set_defaults(func=_up)
 
     a = sub.add_parser("agent", help="run on a device: profile it and serve Flower's SuperNode")

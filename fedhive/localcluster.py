@@ -24,7 +24,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from fedhive.client.agent import flower_command, flower_env, node_config_string, signal_group
 from fedhive.runconfig import format_run_config
@@ -195,6 +195,7 @@ class LocalCluster:
                 self.cgroups = None
         self.emulation = "cgroup" if self.cgroups else ("none" if emulate == "none" else "slowdown")
         self._agents = 0
+        self.superlink: Proc | None = None
         self.env = flower_env({"FLWR_HOME": str(self.flwr_home)})
 
     # ------------------------------------------------------------------ processes
@@ -217,6 +218,7 @@ class LocalCluster:
         cmd = [flower_command("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
                "--database", str(self.run_dir / "state.db")]
         proc = self._spawn("superlink", cmd)
+        self.superlink = proc
         self.wait_http(f"http://{self.address}/health", timeout, proc)
         return proc
 
@@ -305,35 +307,90 @@ class LocalCluster:
         self.flwr("stop", str(run_id), "up", timeout=60)
 
     def wait_status(self, run_dir: str | Path, states: tuple[str, ...] = ("finished", "failed"), timeout: float = 600,
-                    run_id: int | None = None, poll: float = 1.0, on_status=None) -> dict[str, Any]:
-        """Wait until ``run_dir/status.json`` says one of ``states`` (or Flower says the run ended)."""
+                    run_id: int | None = None, poll: float = 1.0, on_status=None,
+                    stale_pids: Sequence[int] = ()) -> dict[str, Any]:
+        """Wait until ``run_dir/status.json`` says one of ``states`` (or the run is lost).
+
+        A run is lost, and reported as ``failed`` with a ``lost`` reason, when Flower says it ended without the server
+        app saying so (``flower_status``), when the SuperLink process this cluster started has exited
+        (``superlink``), or when the ServerApp process named in ``status.json`` is gone while it says ``running``
+        (``server_app``; this machine only). A ``status.json`` written by one of ``stale_pids`` (an earlier attempt's
+        ServerApp) counts as none yet.
+        """
         path = Path(run_dir) / "status.json"
         end = time.monotonic() + timeout
         last_flower = 0.0
         status: dict[str, Any] = {}
         while time.monotonic() < end:
-            try:
-                status = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
+            status = _read_status(path)
+            if status.get("pid") in stale_pids:
                 status = {}
             if on_status is not None and status:
                 on_status(status)
             if status.get("state") in states:
                 return status
+            if self.superlink is not None and not self.superlink.alive():
+                return {**status, "state": "failed", "lost": "superlink"}
+            pid = status.get("pid")
+            if status.get("state") == "running" and isinstance(pid, int) and not _pid_alive(pid):
+                time.sleep(0.5)
+                again = _read_status(path)
+                if again.get("state") in states:
+                    return again
+                return {**status, "state": "failed", "lost": "server_app"}
             if run_id is not None and time.monotonic() - last_flower > 10:
                 last_flower = time.monotonic()
                 flower_state = self.run_status(run_id)
                 if flower_state.startswith("finished"):
                     time.sleep(1.0)
-                    try:
-                        status = json.loads(path.read_text())
-                    except (OSError, json.JSONDecodeError):
-                        status = {}
+                    status = _read_status(path)
                     if status.get("state") not in states:
-                        status = {**status, "state": "failed", "flower_status": flower_state}
+                        status = {**status, "state": "failed", "flower_status": flower_state, "lost": "flower"}
                     return status
             time.sleep(poll)
         raise TimeoutError(f"{path} did not reach {states} within {timeout:.0f} s (last: {status.get('state')})")
+
+    def supervise(self, run_config: Mapping[str, Any], *, app_dir: str | Path = APP_DIR, timeout: float = 600,
+                  max_restarts: int = 3, on_status=None, on_restart=None) -> tuple[dict[str, Any], int]:
+        """Submit the run and see it through: "submit or resume".
+
+        When the run is lost (the ServerApp killed, the SuperLink gone, Flower failing it) and its run folder holds
+        a checkpoint, start the SuperLink again if it exited (same ``--database``: the SuperNodes reconnect with
+        their node ids) and submit the same run config with ``resume=true``, up to ``max_restarts`` times. A run
+        the server app itself reports as ``failed`` (bad settings, a crash it caught) is not retried. Returns the
+        final status and the number of restarts; ``on_restart(attempt, status)`` is told of each.
+        """
+        run_dir = Path(str(run_config["run-dir"]))
+        config = dict(run_config)
+        stale: list[int] = []
+        restarts = 0
+        end = time.monotonic() + timeout
+        while True:
+            run_id = self.submit(config, app_dir=app_dir)
+            status = self.wait_status(run_dir, run_id=run_id, timeout=max(1.0, end - time.monotonic()),
+                                      on_status=on_status, stale_pids=stale)
+            if status.get("state") == "finished" or not status.get("lost"):
+                return {**status, "restarts": restarts}, restarts
+            from fedhive.engine import checkpoint as ckpt
+
+            if restarts >= max_restarts or not ckpt.checkpoints(run_dir / "checkpoints"):
+                return {**status, "restarts": restarts}, restarts
+            restarts += 1
+            if isinstance(status.get("pid"), int):
+                stale.append(status["pid"])
+            if on_restart is not None:
+                on_restart(restarts, status)
+            log.warning("run %s lost (%s); resuming from its newest checkpoint (restart %d of %d)", run_id,
+                        status.get("lost"), restarts, max_restarts)
+            if self.superlink is not None and not self.superlink.alive():
+                self.start_superlink()
+                time.sleep(8.0)  # the SuperNodes reconnect in 4-7 s (shared/FLOWER_1_42.md)
+            else:
+                try:
+                    self.stop_run(run_id)
+                except Exception:  # noqa: BLE001 - it may be gone already
+                    pass
+            config = {**config, "resume": True}
 
     # ------------------------------------------------------------------ shutdown
     def _groups(self) -> list[int]:
@@ -390,3 +447,25 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _read_status(path: Path) -> dict[str, Any]:
+    try:
+        out = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped by its parent) is gone for our purposes
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True

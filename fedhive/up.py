@@ -59,8 +59,13 @@ def _status_table(st: Mapping[str, Any], emulation: str) -> Table:
 
 def up(*, strategy: str = "fedcompass", agents: int | None = None, mix: str | None = None, duration: float = 240.0,
        task: str = "mnist1d", out: str | None = None, metrics_address: str = "", settings: Mapping[str, Any] = (),
-       emulate: str = "auto", live: bool | None = None, console: Console | None = None) -> dict[str, Any]:
-    """Run the local cluster; returns the final ``history.json`` content (raises on failure)."""
+       emulate: str = "auto", live: bool | None = None, console: Console | None = None,
+       max_restarts: int = 3) -> dict[str, Any]:
+    """Run the local cluster; returns the final ``history.json`` content (raises on failure).
+
+    A run lost to a killed ServerApp or SuperLink is resumed from its newest checkpoint (the SuperLink started
+    again on its database), up to ``max_restarts`` times: see :meth:`LocalCluster.supervise`.
+    """
     console = console or Console()
     counts = parse_mix(mix) if mix else dict(DEFAULT_MIX)
     if agents is not None:
@@ -81,12 +86,12 @@ def up(*, strategy: str = "fedcompass", agents: int | None = None, mix: str | No
     from fedhive.server.settings import RunSettings
 
     RunSettings.from_config(config)  # check everything before starting a process
+    max_restarts = integer("max_restarts", max_restarts, low=0)
     # One data cache for every agent on this machine, filled once here, before the agents (some with a fifth of a
     # core) would each generate the same data at once.
     data_dir = Path(os.environ.get("FEDHIVE_CACHE") or Path.home() / ".cache" / "fedhive")
     _prewarm(task, n, config, data_dir)
     cluster = LocalCluster(run_dir, emulate=emulate, data_dir=data_dir)
-    run_id = None
     try:
         console.print(f"fedhive up: {n} agents {counts}, {strategy} on {task}, {duration:.0f} s; device speeds "
                       f"emulated by {cluster.emulation}"
@@ -99,23 +104,23 @@ def up(*, strategy: str = "fedcompass", agents: int | None = None, mix: str | No
             for _ in range(k):
                 cluster.add_agent(cls, i, n)
                 i += 1
-        run_id = cluster.submit(config)
-        console.print(f"submitted Flower run {run_id} to the SuperLink at {cluster.address}"
+        console.print(f"submitting to the SuperLink at {cluster.address}"
                       + (f"; Prometheus metrics at http://{metrics_address}/metrics" if metrics_address else ""))
-        status = _watch(cluster, run_dir, run_id, duration, live, console)
+
+        def restarted(attempt: int, st: Mapping[str, Any]) -> None:
+            console.print(f"[yellow]the run was lost ({st.get('lost')}); resuming it from its newest checkpoint "
+                          f"(restart {attempt} of {max_restarts})[/yellow]")
+
+        status = _watch(cluster, config, duration, live, console, max_restarts, restarted)
         if status.get("state") != "finished":
-            raise RuntimeError(f"the run ended as {status.get('state')} ({status.get('flower_status', '')}); see "
+            raise RuntimeError(f"the run ended as {status.get('state')} ({status.get('lost') or ''} "
+                               f"{status.get('flower_status', '')}, {status.get('restarts', 0)} restarts); see "
                                f"{run_dir / 'logs'}")
         history = json.loads((run_dir / "history.json").read_text())
         _summary(history, run_dir, console)
         return history
     except KeyboardInterrupt:
-        console.print("interrupted: stopping the run and every process")
-        if run_id is not None:
-            try:
-                cluster.stop_run(run_id)
-            except Exception:  # the processes are stopped below anyway
-                pass
+        console.print("interrupted: stopping every process")
         raise
     finally:
         cluster.close()
@@ -137,15 +142,20 @@ def _prewarm(task: str, n: int, config: Mapping[str, Any], data_dir: Path) -> No
             os.environ["FEDHIVE_CACHE"] = old
 
 
-def _watch(cluster: LocalCluster, run_dir: Path, run_id: int, duration: float, live: bool,
-           console: Console) -> dict[str, Any]:
-    timeout = duration + 600
+def _watch(cluster: LocalCluster, config: Mapping[str, Any], duration: float, live: bool, console: Console,
+           max_restarts: int, on_restart) -> dict[str, Any]:
+    """Submit the run and follow it ("submit or resume": a lost run is resumed from its checkpoint)."""
+    timeout = duration * (1 + max_restarts) + 600
+
+    def supervise(on_status) -> dict[str, Any]:
+        return cluster.supervise(config, timeout=timeout, max_restarts=max_restarts, on_status=on_status,
+                                 on_restart=on_restart)[0]
+
     if live:
         from rich.live import Live
 
         with Live(console=console, refresh_per_second=2) as view:
-            return cluster.wait_status(run_dir, run_id=run_id, timeout=timeout,
-                                       on_status=lambda st: view.update(_status_table(st, cluster.emulation)))
+            return supervise(lambda st: view.update(_status_table(st, cluster.emulation)))
     last = [0.0]
 
     def line(st: Mapping[str, Any]) -> None:
@@ -156,7 +166,7 @@ def _watch(cluster: LocalCluster, run_dir: Path, run_id: int, duration: float, l
                           f"{'-' if acc is None else f'{acc:.3f}'} updates {st.get('client_updates')} "
                           f"{st.get('updates_by_class')} staleness {st.get('mean_staleness', 0):.1f}")
 
-    return cluster.wait_status(run_dir, run_id=run_id, timeout=timeout, on_status=line)
+    return supervise(line)
 
 
 def _summary(history: Mapping[str, Any], run_dir: Path, console: Console) -> None:

@@ -11,9 +11,14 @@ from fedhive.strategies.base import Strategy
 from fedhive.tasks import LearningTask
 
 
-def strategy_for_task(name: str, params: Mapping[str, Any], task: LearningTask, local_steps: int) -> Strategy:
+def strategy_for_task(name: str, params: Mapping[str, Any], task: LearningTask, local_steps: int, *,
+                      trusted_sizes: bool = False) -> Strategy:
     """Strategy ``name`` with ``params``; ``local_steps`` where it takes it, the task's non-trainable tensors, and
     the server-side validation gradient for a strategy that asks for one (``needs_validation``).
+
+    ``trusted_sizes``: the clients' example counts are the partition sizes the caller built itself (the simulator),
+    not the clients' own claims, so the claim clamp (``max_weight_ratio``) defaults to off; a deployment keeps the
+    strategy's default clamp, since its counts come from the devices.
 
     Raises
     ------
@@ -26,6 +31,8 @@ def strategy_for_task(name: str, params: Mapping[str, Any], task: LearningTask, 
     if "local_steps" in accepted:
         params.setdefault("local_steps", local_steps)
     params.setdefault("non_trainable", task.non_trainable())
+    if trusted_sizes and "max_weight_ratio" in accepted:
+        params.setdefault("max_weight_ratio", 0)
     strategy = build(name, params)
     if strategy.needs_validation and task.validation_batch() is not None:
         strategy.set_validation(validation_gradient(task))

@@ -26,13 +26,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from fedhive.strategies import params as P
 from fedhive.strategies.base import ClientInfo, Dispatch, Outcome, Strategy, Task, Update
-from fedhive.strategies.validation import Rejection, check_params
+from fedhive.strategies.validation import Rejection, check_num_examples, check_params
 
 from . import checkpoint as ckpt
 from .observers import Observer
@@ -88,7 +88,13 @@ class Orchestrator:
         transport's clock. The initial and the final model are always evaluated.
     checkpoint_dir, checkpoint_every
         Write an atomic checkpoint every ``checkpoint_every`` versions and at the end (``keep_checkpoints`` newest
-        are kept).
+        of this run's are kept; other runs' files there are never deleted). Temporary files an interrupted write
+        left in ``checkpoint_dir`` are removed at construction. A checkpoint the disk refuses (full, read-only) is
+        logged and counted (``checkpoint_write_errors``) and the run goes on.
+    fingerprint
+        What identifies the run beyond the strategy (task, tensor names, shapes and dtypes, seed, partitioning): a
+        mapping of JSON values. The strategy's name and config are added; the whole is saved with every checkpoint,
+        and a resume refuses a checkpoint whose fingerprint differs.
     observer
         Receives every event (metrics, progress).
     """
@@ -97,7 +103,7 @@ class Orchestrator:
                  evaluate: EvaluateFn | None = None, eval_every_versions: int | None = None,
                  eval_interval: float | None = None, checkpoint_dir: str | Path | None = None,
                  checkpoint_every: int | None = None, keep_checkpoints: int = 3,
-                 observer: Observer | None = None) -> None:
+                 fingerprint: Mapping[str, Any] | None = None, observer: Observer | None = None) -> None:
         self.strategy = strategy
         self.transport = transport
         self.stop = stop or StopCondition()
@@ -112,6 +118,11 @@ class Orchestrator:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.checkpoint_every = P.optional(P.integer, "checkpoint_every", checkpoint_every, low=1)
         self.keep_checkpoints = P.integer("keep_checkpoints (0: keep all)", keep_checkpoints, low=0)
+        self.fingerprint = ckpt.normalize_fingerprint(
+            {"strategy": strategy.name, "strategy_config": strategy.config(), **dict(fingerprint or {})})
+        if self.checkpoint_dir is not None:
+            for p in ckpt.remove_leftovers(self.checkpoint_dir):
+                log.warning("removed %s, the temporary file of an interrupted checkpoint write", p)
         self.observer = observer or Observer()
 
         self._clients: dict[int, ClientInfo] = {}  # connected now
@@ -410,10 +421,8 @@ class Orchestrator:
                                                    f"{self.strategy.version}")
             return Rejection("version_mismatch", f"the reply says it trained from version {claim!r}, but the task "
                                                  f"was sent at version {d.task.version}")
-        n = u.num_examples
-        if type(n) is not int and (isinstance(n, bool) or not isinstance(n, (int, np.integer))) or n < 0:
-            return Rejection("num_examples", f"num_examples {u.num_examples!r} is not an integer >= 0")
-        return check_params(u.params, d.params)
+        # An integer in [0, MAX_NUM_EXAMPLES]; then the arrays: count, shape, dtype, finite, no overflow in sums.
+        return check_num_examples(u.num_examples) or check_params(u.params, d.params)
 
     def _on_malformed(self, ev: Malformed) -> None:
         self.counters["received"] += 1
@@ -479,42 +488,63 @@ class Orchestrator:
         }
 
     def _checkpoint(self, force: bool = False) -> None:
+        """Write a checkpoint of this version (at most one per version unless ``force``) and prune this run's.
+
+        An ``OSError`` (disk full, read-only folder) is logged and counted (``checkpoint_write_errors``,
+        ``checkpoint_prune_errors``); the run goes on, and the previous checkpoint stays the newest.
+        """
         if self.checkpoint_dir is None:
             return
         v = self.strategy.version
         if not force and v == self._last_ckpt_version:
             return
         self._last_ckpt_version = v
-        ckpt.save(ckpt.checkpoint_path(self.checkpoint_dir, v), self._state())
-        ckpt.prune(self.checkpoint_dir, self.keep_checkpoints)
+        path = ckpt.checkpoint_path(self.checkpoint_dir, v)
+        try:
+            ckpt.save(path, self._state(), fingerprint=self.fingerprint)
+        except OSError as exc:
+            self.counters["checkpoint_write_errors"] += 1
+            log.error("could not write checkpoint %s (%s); the run goes on, and a resume would start from the "
+                      "previous checkpoint", path, exc)
+            return
+        try:
+            ckpt.prune(self.checkpoint_dir, self.keep_checkpoints, fingerprint=self.fingerprint)
+        except OSError as exc:
+            self.counters["checkpoint_prune_errors"] += 1
+            log.error("could not prune the checkpoints in %s (%s); the run goes on", self.checkpoint_dir, exc)
 
     def _resume(self, path: str | Path) -> None:
-        state = ckpt.load(path)
-        if state["strategy_name"] != self.strategy.name:
-            raise ValueError(f"checkpoint {path} was written by strategy {state['strategy_name']!r}, "
-                             f"not {self.strategy.name!r}; resume with the same strategy")
-        self.strategy.load_state_dict(state["strategy"])
-        now = float(state["now"])
-        self._start_time = float(state["start_time"])
-        self._next_task_id = int(state["next_task_id"])
-        self._known = {int(n) for n in state["known"]}
-        self.history = list(state["history"])
-        self.client_updates = int(state["client_updates"])
-        self.counters = Counter(state["counters"])
-        self._last_eval_version = int(state["last_eval_version"])
+        """Continue from the checkpoint file ``path``, or from the newest one in the folder ``path`` that loads.
+
+        A file must be readable, of this format, written by this strategy, carry this run's fingerprint (one
+        written without a fingerprint is accepted with a warning) and hold a complete state; else ``ValueError``
+        naming it. Given a folder, checkpoints are tried newest first and each one skipped is logged with why;
+        ``ValueError`` if none is left.
+        """
+        path = Path(path)
+        if path.is_dir():
+            path, state = self._newest_resumable(path)
+        else:
+            state = self._read_checkpoint(path)
+            self._load_strategy(path, state)
+        now = state["now"]
+        self._start_time = state["start_time"]
+        self._next_task_id = state["next_task_id"]
+        self._known = state["known"]
+        self.history = state["history"]
+        self.client_updates = state["client_updates"]
+        self.counters = state["counters"]
+        self._last_eval_version = state["last_eval_version"]
         self._next_eval_time = state["next_eval_time"]
         self._accuracy = state["accuracy"]
         self._last_ckpt_version = self.strategy.version
-        dispatched = {int(v): list(p) for v, p in state["dispatched_params"].items()}
-        for p in dispatched.values():
-            for a in p:
-                a.flags.writeable = False
+        dispatched = state["dispatched_params"]
         reattach, failed = [], []
         for task_id, node, version, config, sent_at in state["in_flight"]:
             # A task whose model the checkpoint does not hold (written over a transport that cannot re-attach work)
             # is failed to the strategy below, with an empty model in its record.
-            model = dispatched.get(int(version))
-            d = Dispatch(int(task_id), Task(int(node), int(version), config), float(sent_at), model or [])
+            model = dispatched.get(version)
+            d = Dispatch(task_id, Task(node, version, config), sent_at, model or [])
             self._in_flight[d.task_id] = d
             self._node_task[d.task.node_id] = d.task_id
             if model is None or not self.transport.reattaches_work:
@@ -530,3 +560,84 @@ class Orchestrator:
                 self._fail_task(task_id, "lost_in_restart", now)
         log.info("resumed from %s at version %s, time %.3f; %d task(s) in flight, %d lost", path,
                  self.strategy.version, now, len(self._in_flight), len(failed))
+
+    def _newest_resumable(self, directory: Path) -> tuple[Path, dict[str, Any]]:
+        """The newest checkpoint in ``directory`` this run can resume, with its checked state (strategy loaded)."""
+        skipped = []
+        for path in reversed(ckpt.checkpoints(directory)):
+            try:
+                state = self._read_checkpoint(path)
+                self._load_strategy(path, state)
+            except ValueError as exc:
+                log.warning("skipping checkpoint %s: %s", path, exc)
+                skipped.append(f"{path.name}: {exc}")
+                continue
+            if skipped:
+                log.warning("resuming from %s, the newest usable checkpoint; %d newer one(s) skipped", path,
+                            len(skipped))
+            return path, state
+        if not skipped:
+            raise ValueError(f"{directory} holds no checkpoint (ckpt-<version>.npz) to resume from")
+        raise ValueError(f"none of the {len(skipped)} checkpoint(s) in {directory} can be resumed by this run: "
+                         + "; ".join(skipped) + ". Start a new run (resume=false), which moves them aside, or resume "
+                         "with the settings that wrote them")
+
+    def _read_checkpoint(self, path: Path) -> dict[str, Any]:
+        """The checked state of checkpoint ``path``, converted to what :meth:`_resume` sets; nothing is changed yet.
+
+        Raises ``ValueError`` naming the file: unreadable, another format, another strategy, another run's
+        fingerprint, or a missing or malformed entry.
+        """
+        raw, fingerprint = ckpt.read(path)
+        if not isinstance(raw, dict):
+            raise ValueError(f"checkpoint {path} holds a {type(raw).__name__}, not a run state")
+        if raw.get("strategy_name") != self.strategy.name:
+            raise ValueError(f"checkpoint {path} was written by strategy {raw.get('strategy_name')!r}, "
+                             f"not {self.strategy.name!r}; resume with the same strategy")
+        if fingerprint is None:
+            log.warning("checkpoint %s carries no run fingerprint (written by an older fedhive): it cannot be checked "
+                        "to belong to this run", path)
+        elif fingerprint != self.fingerprint:
+            raise ValueError(f"checkpoint {path} belongs to another run ("
+                             + "; ".join(ckpt.differences(self.fingerprint, fingerprint)) + "): resume it with the "
+                             "settings that wrote it, or start a new run (resume=false)")
+        try:
+            dispatched = {int(v): list(p) for v, p in raw["dispatched_params"].items()}
+            for p in dispatched.values():
+                for a in p:
+                    if not isinstance(a, np.ndarray):
+                        raise TypeError(f"a dispatched model holds a {type(a).__name__}, not an array")
+                    a.flags.writeable = False
+            in_flight = []
+            for task_id, node, version, config, sent_at in raw["in_flight"]:
+                if not isinstance(config, dict):
+                    raise TypeError(f"a task's config is a {type(config).__name__}, not an object")
+                in_flight.append((int(task_id), int(node), int(version), config, float(sent_at)))
+            next_eval_time = raw["next_eval_time"]
+            if next_eval_time is not None:
+                float(next_eval_time)
+            return {
+                "now": float(raw["now"]),
+                "start_time": float(raw["start_time"]),
+                "strategy": raw["strategy"],
+                "next_task_id": int(raw["next_task_id"]),
+                "in_flight": in_flight,
+                "dispatched_params": dispatched,
+                "known": {int(n) for n in raw["known"]},
+                "history": list(raw["history"]),
+                "client_updates": int(raw["client_updates"]),
+                "counters": Counter(dict(raw["counters"])),
+                "last_eval_version": int(raw["last_eval_version"]),
+                "next_eval_time": next_eval_time,
+                "accuracy": raw["accuracy"],
+            }
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"checkpoint {path} holds an incomplete or malformed run state "
+                             f"({type(exc).__name__}: {exc})") from exc
+
+    def _load_strategy(self, path: Path, state: dict[str, Any]) -> None:
+        try:
+            self.strategy.load_state_dict(state["strategy"])
+        except Exception as exc:  # the strategy's own checks, or what a damaged state makes it raise
+            raise ValueError(f"checkpoint {path}: strategy {self.strategy.name} cannot load its state "
+                             f"({type(exc).__name__}: {exc})") from exc

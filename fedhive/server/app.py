@@ -7,8 +7,16 @@ checkpoint there. For FedASMU it also runs the model store (gRPC) and tells the 
 
 The run folder receives ``status.json`` (rewritten about once a second while running; ``fedhive up`` shows it),
 ``history.json`` (``{"history": [...], "final": {...}}``, time in wall seconds, the same shape as ``fedhive sim``'s
-``results.json``), ``model.safetensors`` (the final global model, named like the task's ``state_dict()``) and
-``accuracy_vs_time.png``.
+``results.json``), ``model.safetensors`` (the final global model, named like the task's ``state_dict()``; written
+before the final ``history.json``) and ``accuracy_vs_time.png``.
+
+Every checkpoint carries the run's fingerprint (:func:`run_fingerprint`): ``resume=true`` continues from the newest
+checkpoint of *this* run that loads, logging each one skipped and why, and refuses (naming them) when none can be
+resumed; ``resume=false`` first moves any checkpoints already in ``run-dir/checkpoints`` into
+``checkpoints/previous-<UTC time>/``, so a new run never deletes or resumes another run's files. Temporary files of
+interrupted writes are removed at start. Writes of status, history and checkpoints are best effort: an ``OSError``
+(disk full, read-only folder) is logged and counted (``write_errors`` in ``status.json`` and ``history.json``,
+``checkpoint_write_errors`` in the counters) and the run goes on.
 
 Switching a Flower app to a fedhive strategy: point ``serverapp`` in ``[tool.flwr.app.components]`` at
 ``fedhive.server.app:app`` and add the keys of :data:`fedhive.server.settings.DEFAULTS` to
@@ -18,6 +26,7 @@ with ``arrays`` and a ``num-examples`` metric keeps working.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -47,10 +56,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("fedhive.server")
 
 
+_LEFTOVERS = (".status.json.tmp", ".history.json.tmp", ".model.safetensors.tmp")  # what the writers below rename
+
+
 def _write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file and a rename; a failed write leaves no
+    temporary file (where the disk lets it be deleted) and the old ``path`` intact."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=_jsonable))
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=1, default=_jsonable)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def _jsonable(x: Any) -> Any:
@@ -84,6 +104,24 @@ class RunStatus(Observer):
         self.t0 = 0.0
         self.orchestrator: Orchestrator | None = None
         self._group: dict[int, Any] = {}
+        self.write_errors: Counter[str] = Counter()  # file name -> writes the disk refused
+        self._failing: set[str] = set()
+
+    def save(self, name: str, data: Any) -> bool:
+        """Write ``data`` as ``run_dir/name``, best effort: an ``OSError`` is logged and counted, never raised."""
+        try:
+            _write_json(self.run_dir / name, data)
+        except OSError as exc:
+            self.write_errors[name] += 1
+            if name not in self._failing:  # once per streak of failures: status.json is written every second
+                self._failing.add(name)
+                log.error("could not write %s (%s); the run goes on, and the write is retried", self.run_dir / name,
+                          exc)
+            return False
+        if name in self._failing:
+            self._failing.discard(name)
+            log.info("%s is written again (%d write(s) failed)", self.run_dir / name, self.write_errors[name])
+        return True
 
     def on_start(self, strategy: Strategy, now: float) -> None:
         self.strategy = strategy
@@ -124,7 +162,7 @@ class RunStatus(Observer):
             self.history.append(record)
         self.accuracy, self.loss = record["accuracy"], record["loss"]
         self.version = record["version"]
-        _write_json(self.run_dir / "history.json", {"history": self.history, "final": None})
+        self.save("history.json", {"history": self.history, "final": None})
         self.write(now, force=True)
 
     def on_membership(self, clients: Sequence[ClientInfo], now: float) -> None:
@@ -148,14 +186,23 @@ class RunStatus(Observer):
             "in_flight": self.transport.in_flight,
             "failures": dict(self.failures_by_reason),
             "rejected": dict(self.rejected),
+            "write_errors": self.all_write_errors(),
             "pid": os.getpid(),
         }
+
+    def all_write_errors(self) -> dict[str, int]:
+        """Writes the disk refused, by file (``checkpoint`` for all checkpoints, counted across resumes)."""
+        out = dict(self.write_errors)
+        n = self.orchestrator.counters.get("checkpoint_write_errors", 0) if self.orchestrator is not None else 0
+        if n:
+            out["checkpoint"] = n
+        return out
 
     def write(self, now: float, force: bool = False) -> None:
         if not force and now - self._last < self.interval:
             return
         self._last = now
-        _write_json(self.run_dir / "status.json", self.snapshot(now))
+        self.save("status.json", self.snapshot(now))
 
 
 class _Publisher(Observer):
@@ -190,6 +237,9 @@ def run(grid: Grid, run_config: Mapping[str, Any]) -> RunResult:
     task = load_task(settings["task"], num_clients=max(1, settings["num-partitions"]),
                      partition=settings["partition"], alpha=settings["alpha"], seed=settings["seed"])
     strategy = strategy_for_task(settings["strategy"], settings.strategy_params, task, settings["local-steps"])
+    initial = task.initial_params(settings["seed"])
+    fingerprint = run_fingerprint(settings, task.param_names(), initial)
+    resume_from = prepare_run_folder(run_dir, ckpt_dir, resume=settings["resume"])
 
     extra: dict[str, Any] = dict(settings.client_config())
     store = None
@@ -222,12 +272,10 @@ def run(grid: Grid, run_config: Mapping[str, Any]) -> RunResult:
             if store is not None:
                 metrics.watch_store(store)
             observers.append(metrics)
-    resume_from = ckpt.latest(ckpt_dir) if settings["resume"] else None
-    if settings["resume"] and resume_from is None:
-        log.warning("resume=true but %s holds no checkpoint: starting a new run", ckpt_dir)
     orch = Orchestrator(strategy, transport, stop=StopCondition(**settings.stop_condition()), evaluate=task.evaluate,
                         eval_interval=settings["eval-interval"], checkpoint_dir=ckpt_dir,
-                        checkpoint_every=settings["checkpoint-every"], observer=Fanout(observers))
+                        checkpoint_every=settings["checkpoint-every"], fingerprint=fingerprint,
+                        observer=Fanout(observers))
     status.orchestrator = orch
     status.write(transport.now(), force=True)
     n = transport.wait_for_clients(settings["min-clients"], settings["wait-clients"])
@@ -237,10 +285,10 @@ def run(grid: Grid, run_config: Mapping[str, Any]) -> RunResult:
         raise RuntimeError(f"only {n} of min-clients={settings['min-clients']} clients connected within "
                            f"{settings['wait-clients']} s; start more agents or lower min-clients")
     log.info("fedhive %s on %d clients, run folder %s%s", settings["strategy"], n, run_dir,
-             f", resuming {resume_from.name}" if resume_from else "")
+             ", resuming from the newest usable checkpoint" if resume_from else "")
     t0 = time.perf_counter()
     try:
-        result = orch.run(None if resume_from else task.initial_params(settings["seed"]), resume_from=resume_from)
+        result = orch.run(None if resume_from else initial, resume_from=resume_from)
     except BaseException:
         status.state = "failed"
         status.write(transport.now(), force=True)
@@ -261,8 +309,9 @@ def run(grid: Grid, run_config: Mapping[str, Any]) -> RunResult:
            "arrivals": status.arrivals, "groups": _group_spread(status.arrivals),
            "grid": {"pull_seconds": transport.pull_seconds, "push_seconds": transport.push_seconds,
                     "pulls": transport.pulls}}
-    _write_json(run_dir / "history.json", out)
-    save_model(run_dir / "model.safetensors", result.params, task.param_names())
+    save_model(run_dir / "model.safetensors", result.params, task.param_names())  # before the history that reports it
+    out["write_errors"] = status.all_write_errors()
+    status.save("history.json", out)
     try:
         plot_history(result.history, run_dir / "accuracy_vs_time.png", settings["strategy"])
     except Exception as exc:  # a plot is a convenience; never fail a finished run over it
@@ -272,6 +321,50 @@ def run(grid: Grid, run_config: Mapping[str, Any]) -> RunResult:
     log.info("finished (%s): version %s, accuracy %s, %s client updates", result.stop_reason, final["version"],
              final["accuracy"], final["client_updates"])
     return result
+
+
+def prepare_run_folder(run_dir: Path, ckpt_dir: Path, *, resume: bool) -> Path | None:
+    """Tidy the run folder before a run; the folder to resume from (``ckpt_dir``), or ``None`` for a new run.
+
+    Removes the temporary files interrupted writes left (here and in ``ckpt_dir``). ``resume``: ``ckpt_dir`` if it
+    holds checkpoints (the orchestrator picks the newest of this run that loads), else ``None`` with a warning.
+    Not ``resume``: checkpoints already there (an earlier run's) are moved into ``ckpt_dir/previous-<UTC time>``
+    and that is logged, so the new run never resumes or prunes them; ``RuntimeError`` if they cannot be moved.
+    """
+    for name in _LEFTOVERS:
+        leftover = run_dir / name
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
+            log.warning("removed %s, the temporary file of an interrupted write", leftover)
+    for leftover in ckpt.remove_leftovers(ckpt_dir):
+        log.warning("removed %s, the temporary file of an interrupted checkpoint write", leftover)
+    if resume:
+        if ckpt.checkpoints(ckpt_dir):
+            return ckpt_dir
+        log.warning("resume=true but %s holds no checkpoint: starting a new run", ckpt_dir)
+        return None
+    try:
+        moved = ckpt.set_aside(ckpt_dir)
+    except OSError as exc:
+        raise RuntimeError(f"{ckpt_dir} holds checkpoints of an earlier run and they cannot be moved aside ({exc}): "
+                           "move them yourself, use another run-dir, or continue that run with resume=true") from exc
+    if moved is not None:
+        log.warning("resume=false: moved the checkpoints already in %s (an earlier run's) to %s; this new run never "
+                    "resumes or deletes them", ckpt_dir, moved)
+    return None
+
+
+def run_fingerprint(settings: RunSettings, names: Sequence[str], params: Sequence[np.ndarray]) -> dict[str, Any]:
+    """What identifies a run in its checkpoints, beyond the strategy and its config (which the orchestrator adds).
+
+    The task, its tensors (name, shape, dtype, in ``state_dict()`` order), the seed and the partitioning: a resume
+    with any of these changed would send devices a model of another shape or train on other data.
+    """
+    return {"task": settings["task"],
+            "tensors": [[str(n), list(np.shape(p)), str(np.asarray(p).dtype)] for n, p in zip(names, params)],
+            "seed": settings["seed"],
+            "partitioning": {"num_partitions": settings["num-partitions"], "partition": settings["partition"],
+                             "alpha": settings["alpha"]}}
 
 
 def _group_spread(arrivals: Sequence[dict]) -> dict[str, Any]:
@@ -290,8 +383,13 @@ def save_model(path: Path, params: Sequence[np.ndarray], names: Sequence[str]) -
     from safetensors.numpy import save_file
 
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({n: contiguous(p) for n, p in zip(names, params)}, str(tmp))
-    os.replace(tmp, path)
+    try:
+        save_file({n: contiguous(p) for n, p in zip(names, params)}, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def plot_history(history: Sequence[dict], path: Path, label: str) -> None:

@@ -70,7 +70,7 @@ def make_task(cfg: SimConfig) -> tuple[LearningTask, TaskSpec]:
 
 
 def make_strategy(cfg: SimConfig, task: LearningTask) -> Strategy:
-    return strategy_for_task(cfg.strategy, cfg.strategy_params, task, cfg.local_steps)
+    return strategy_for_task(cfg.strategy, cfg.strategy_params, task, cfg.local_steps, trusted_sizes=True)
 
 
 class Progress(Observer):

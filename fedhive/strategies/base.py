@@ -27,6 +27,7 @@ opt in with a test.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -34,9 +35,24 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from . import params as P
 from .validation import all_finite
 
 Params = list[np.ndarray]
+
+DEFAULT_MAX_WEIGHT_RATIO = 10.0
+
+
+def weight_cap(claims: Iterable[int], ratio: float) -> float | None:
+    """The largest weight any client may have: ``ratio`` × the median of the positive ``claims`` (the examples
+    each live client says it holds), or ``None`` (no clamp) when ``ratio`` is 0 or no claim is positive.
+
+    The median is the lower one of an even count, so a fleet of two cannot be carried by its larger claim alone.
+    """
+    positive = sorted(n for n in claims if n > 0)
+    if ratio <= 0 or not positive:
+        return None
+    return ratio * positive[(len(positive) - 1) // 2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +198,27 @@ class Strategy(ABC):
         Indices of tensors that are not trained (BatchNorm statistics, counters). They are never
         staleness-weighted: a single-update step takes the client's value, a group step their plain mean.
         Non-float tensors are always treated as non-trainable.
+    max_weight_ratio : float
+        No client weighs more than this many times the median claim of the live fleet: a client's weight is
+        ``min(n_i, k · median{n_j > 0 : j live})`` (``k = max_weight_ratio``, default 10; ``0`` turns the clamp
+        off). ``num_examples`` is the client's own, unverified claim: without the clamp one client claiming
+        ``2**62`` examples makes the global model its own. Each clamped weight is counted in :attr:`clamped` and
+        reported by :meth:`gauges` as ``weights_clamped``. Strategies that do not weight by examples ignore it.
+    max_update_norm : float or None
+        Where a strategy offers it (FedAsync, FedBuff): an update whose change ``Δ = w_i − w(sent)`` has
+        ``‖Δ‖₂ > max_update_norm · max(‖w(sent)‖₂, 1)`` (norms over the trainable tensors, in float64) is rejected
+        (``Outcome("rejected", "update_norm")``, counted in :attr:`norm_rejected`), not clipped: the model is
+        untouched. ``None`` (the default): no bound. Flower's ``DifferentialPrivacyServerSideFixedClipping``
+        instead *clips* ``Δ`` to an absolute ``clipping_norm``; this is a relative bound meant to refuse absurd
+        updates, not a privacy mechanism. (Values large enough to overflow an aggregation are refused by the
+        engine's checks whatever this is, see ``fedhive.strategies.validation``.)
+
+    Live fleet
+    ----------
+    Weights ``p_i = n_i / Σ_{j live} n_j`` are taken over the clients now in the fleet: the engine is to call
+    :meth:`on_leave` for a client that left, which then weighs nothing, and a client seen again
+    (``on_idle``) counts again. Without it, a fleet whose devices restart under new node ids would keep the old
+    ids' examples in ``Σ n_j`` and every step would shrink.
 
     Capabilities
     ------------
@@ -197,11 +234,19 @@ class Strategy(ABC):
     needs_model_store: bool = False
     tracks_wakeups: bool = False
 
-    def __init__(self, *, non_trainable: Sequence[int] = ()) -> None:
+    def __init__(self, *, non_trainable: Sequence[int] = (), max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO,
+                 max_update_norm: float | None = None) -> None:
         self._params: Params = []
         self._version = 0
         self._clients: dict[int, ClientInfo] = {}
-        self._total_examples = 0
+        self._gone: set[int] = set()  # known clients that left the fleet: they weigh nothing until they come back
+        self.max_weight_ratio = P.number("max_weight_ratio", max_weight_ratio, low=0.0)
+        self._total_examples = 0  # Σ of the live clients' clamped claims (see _weight)
+        self._weight_cap: float | None = None
+        self._weights_stale = False  # the live fleet changed since _reweigh
+        self.clamped = 0
+        self.max_update_norm = P.optional(P.number, "max_update_norm", max_update_norm, low=0.0, low_open=True)
+        self.norm_rejected = 0
         self._wake = 0
         self._woken: set[int] | None = None  # parked clients woken since the engine last asked; None: any of them
         self._non_trainable_arg = tuple(int(i) for i in non_trainable)
@@ -244,8 +289,11 @@ class Strategy(ABC):
         raise TypeError(f"{self.name} takes no validation function")
 
     def gauges(self) -> dict[str, float]:
-        """Strategy-specific state for the metrics (``fedhive_strategy_state{name=...}``), e.g. a buffer's fill."""
-        return {}
+        """Strategy-specific state for the metrics (``fedhive_strategy_state{name=...}``), e.g. a buffer's fill.
+
+        Every strategy reports ``weights_clamped`` (:attr:`clamped`, see ``max_weight_ratio``).
+        """
+        return {"weights_clamped": float(self.clamped)}
 
     # ----------------------------------------------------------------- the contract
     def start(self, params: Sequence[np.ndarray], clients: Iterable[ClientInfo], now: float) -> None:
@@ -284,6 +332,17 @@ class Strategy(ABC):
         """When the strategy wants ``on_timer`` next, or ``None``."""
         return None
 
+    def on_leave(self, node_id: int, now: float) -> None:
+        """Client ``node_id`` left the fleet: it no longer counts in the weights' total (``Σ_{j live} n_j``).
+
+        The engine is to call this once it has ended the client's task in flight (``on_failure``); a strategy that
+        is never told keeps every client ever seen in the total. An unknown or already gone client is ignored; a
+        client that comes back is counted again when it is next idle. It does not change the model.
+        """
+        if node_id in self._clients and node_id not in self._gone:
+            self._gone.add(node_id)
+            self._weights_stale = True
+
     def on_failure(self, sent: Dispatch, now: float) -> None:
         """The task ``sent`` will never come back (node gone, deadline passed, reply rejected). May change the model.
 
@@ -299,6 +358,9 @@ class Strategy(ABC):
             "wake": self._wake,
             "fixed": list(self._fixed),
             "diverged": self.diverged,
+            "gone": sorted(self._gone),
+            "clamped": self.clamped,
+            "norm_rejected": self.norm_rejected,
             "strategy": self._state(),
         }
 
@@ -307,9 +369,13 @@ class Strategy(ABC):
         self._params = _frozen(state["params"])
         self._version = int(state["version"])
         self._clients = {}
-        self._total_examples = 0
+        self._gone = set()
         for node_id, num_examples, device_class in state["clients"]:
             self._adopt(ClientInfo(int(node_id), int(num_examples), str(device_class)))
+        self._gone = {int(n) for n in state.get("gone", ())} & set(self._clients)  # older checkpoints: none gone
+        self.clamped = int(state.get("clamped", 0))
+        self.norm_rejected = int(state.get("norm_rejected", 0))
+        self._weights_stale = True
         self._wake = int(state["wake"])
         self._fixed = tuple(int(i) for i in state["fixed"])
         self._trainable = tuple(i for i in range(len(self._params)) if i not in self._fixed)
@@ -332,16 +398,60 @@ class Strategy(ABC):
     def _adopt(self, client: ClientInfo) -> bool:
         """Register a client seen for the first time (a device may join mid-run). True if it was new."""
         if client.node_id in self._clients:
+            if client.node_id in self._gone:  # back in the fleet
+                self._gone.discard(client.node_id)
+                self._weights_stale = True
             return False
         self._clients[client.node_id] = client
-        self._total_examples += max(int(client.num_examples), 0)
+        self._weights_stale = True
         return True
 
+    def _reweigh(self) -> None:
+        """Recompute the clamp and ``Σ_{j live} min(n_j, cap)`` after the live fleet changed (lazily: at the first
+        weight asked for after a change, so a fleet joining client by client costs one sort, not one a client)."""
+        self._weights_stale = False
+        claims = [max(int(c.num_examples), 0) for n, c in self._clients.items() if n not in self._gone]
+        self._weight_cap = weight_cap(claims, self.max_weight_ratio)
+        cap = self._weight_cap
+        self._total_examples = sum(claims) if cap is None else sum(n if n <= cap else cap for n in claims)
+
+    def _clamp(self, n: int) -> int | float:
+        """A claim of ``n`` examples, clamped to ``max_weight_ratio`` × the live fleet's median claim (counted)."""
+        if self._weights_stale:
+            self._reweigh()
+        cap = self._weight_cap
+        if cap is not None and n > cap:
+            self.clamped += 1
+            return cap
+        return n
+
     def _weight(self, node_id: int) -> float:
-        """``p_i = n_i / Σ n_j`` over the known clients (equal weights while no sizes are known)."""
+        """``p_i = min(n_i, cap) / Σ_{j live} min(n_j, cap)`` (see ``max_weight_ratio``); equal weights ``1/N_live``
+        while no sizes are known. A client that left weighs 0."""
+        if node_id in self._gone:
+            return 0.0
+        if self._weights_stale:
+            self._reweigh()
         if self._total_examples <= 0:
-            return 1.0 / max(len(self._clients), 1)
-        return self._clients[node_id].num_examples / self._total_examples
+            return 1.0 / max(len(self._clients) - len(self._gone), 1)
+        return self._clamp(max(int(self._clients[node_id].num_examples), 0)) / self._total_examples
+
+    def _norm_rejection(self, update: Update, sent: Dispatch) -> Outcome | None:
+        """``Outcome("rejected", "update_norm")`` (counted) when ``max_update_norm`` is set and the update's change
+        exceeds it (see the class docstring), else ``None``."""
+        if self.max_update_norm is None:
+            return None
+        delta2 = base2 = 0.0
+        for i in self._trainable:
+            ref = sent.params[i].ravel()
+            d = np.subtract(update.params[i].ravel(), ref, dtype=np.float64)
+            delta2 += float(np.dot(d, d))
+            r = ref.astype(np.float64)
+            base2 += float(np.dot(r, r))
+        if not delta2 <= (self.max_update_norm * max(math.sqrt(base2), 1.0)) ** 2:  # also NaN / inf
+            self.norm_rejected += 1
+            return Outcome("rejected", "update_norm")
+        return None
 
     def _commit(self, new_params: Params, *, wakes_parked: bool = True) -> bool:
         """Make ``new_params`` the global model (version + 1), unless the aggregation diverged.

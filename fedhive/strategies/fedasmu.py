@@ -456,7 +456,7 @@ class FedASMU(Strategy):
         self.validation_fn = fn
 
     def gauges(self) -> dict[str, float]:
-        return {"alpha": self._last_alpha}
+        return {**super().gauges(), "alpha": self._last_alpha}
 
     # ----------------------------------------------------------------- events
     def _adopt(self, client: ClientInfo) -> bool:

@@ -35,14 +35,16 @@ class FedAsync(Strategy):
         The staleness function ``s(τ)`` (see ``fedhive.strategies.staleness``).
     proximal_mu : float
         Proximal term ``ρ`` the client adds to its loss, ``(ρ/2)·‖x − x_start‖²``.
+    max_update_norm : float or None
+        Reject an update whose change exceeds this many times the model's norm (see ``Strategy``); ``None``: off.
     """
 
     name = "fedasync"
 
     def __init__(self, *, local_steps: int = 20, alpha: float = 0.6, staleness: str = "polynomial",
                  staleness_a: float | None = 0.5, staleness_b: float | None = None, proximal_mu: float = 0.0,
-                 non_trainable: Sequence[int] = ()) -> None:
-        super().__init__(non_trainable=non_trainable)
+                 max_update_norm: float | None = None, non_trainable: Sequence[int] = ()) -> None:
+        super().__init__(non_trainable=non_trainable, max_update_norm=max_update_norm)
         self.local_steps = P.positive_int("local_steps", local_steps)
         self.alpha = P.number("alpha", alpha, low=0.0, high=1.0, low_open=True)
         self.staleness = P.choice("staleness", staleness, STALENESS_KINDS)
@@ -56,7 +58,8 @@ class FedAsync(Strategy):
 
     def config(self) -> dict[str, Any]:
         return {"local_steps": self.local_steps, "alpha": self.alpha, "staleness": self.staleness,
-                "staleness_a": self.staleness_a, "staleness_b": self.staleness_b, "proximal_mu": self.proximal_mu}
+                "staleness_a": self.staleness_a, "staleness_b": self.staleness_b, "proximal_mu": self.proximal_mu,
+                "max_update_norm": self.max_update_norm}
 
     def _on_start(self, now: float) -> None:
         pass
@@ -66,6 +69,9 @@ class FedAsync(Strategy):
         return Task(client.node_id, self._version, self._task_config)
 
     def on_update(self, update: Update, sent: Dispatch, now: float) -> Outcome:
+        refused = self._norm_rejection(update, sent)
+        if refused is not None:
+            return refused
         tau = self._version - sent.task.version
         a = self.alpha * self._s(tau)
         new = weighted_sum([(1.0 - a, self._params), (a, update.params)], indices=self._trainable)

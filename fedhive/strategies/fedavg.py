@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import params as P
-from .base import APPLIED, BUFFERED, ClientInfo, Dispatch, Outcome, Strategy, Task, Update
+from .base import APPLIED, BUFFERED, DEFAULT_MAX_WEIGHT_RATIO, ClientInfo, Dispatch, Outcome, Strategy, Task, Update
 from .weighted_sum import mean_of, weighted_sum
 
 
@@ -39,14 +39,17 @@ class FedAvg(Strategy):
         Seconds after a round starts when it is closed with the replies it has; ``None`` waits for all.
     seed : int
         Seed of the client sampler (used only when ``fraction < 1``).
+    max_weight_ratio : float
+        A reply's ``n_i`` is clamped to this many times the live fleet's median claim (see ``Strategy``; 0: off).
     """
 
     name = "fedavg"
     tracks_wakeups = True  # clients wait for the next round: poked when a round (re)starts
 
     def __init__(self, *, local_steps: int = 20, fraction: float = 1.0, round_timeout: float | None = None,
-                 seed: int = 0, non_trainable: Sequence[int] = ()) -> None:
-        super().__init__(non_trainable=non_trainable)
+                 seed: int = 0, max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO,
+                 non_trainable: Sequence[int] = ()) -> None:
+        super().__init__(non_trainable=non_trainable, max_weight_ratio=max_weight_ratio)
         self.local_steps = P.positive_int("local_steps", local_steps)
         self.fraction = P.number("fraction", fraction, low=0.0, high=1.0, low_open=True)
         self.round_timeout = P.optional(P.number, "round_timeout", round_timeout, low=0.0, low_open=True)
@@ -64,7 +67,8 @@ class FedAvg(Strategy):
         self._replies = 0
 
     def config(self) -> dict[str, Any]:
-        return {"local_steps": self.local_steps, "fraction": self.fraction, "round_timeout": self.round_timeout}
+        return {"local_steps": self.local_steps, "fraction": self.fraction, "round_timeout": self.round_timeout,
+                "max_weight_ratio": self.max_weight_ratio}
 
     @property
     def round(self) -> int:
@@ -94,7 +98,7 @@ class FedAvg(Strategy):
         self._replies = 0
         self._sample = None
         if self.fraction < 1.0:
-            idle = sorted(n for n in self._clients if n not in self._late)
+            idle = sorted(n for n in self._clients if n not in self._late and n not in self._gone)
             k = min(len(idle), max(1, math.ceil(self.fraction * len(idle))))
             chosen = self._rng.choice(len(idle), size=k, replace=False) if idle else []
             self._sample = {idle[int(i)] for i in chosen}
@@ -120,7 +124,8 @@ class FedAvg(Strategy):
             return Outcome("rejected", "late")
         self._pending.discard(node)
         self._accepting = False
-        n = max(int(update.num_examples), 0)
+        # The reply's claim, clamped to max_weight_ratio × the live fleet's median claim (see Strategy).
+        n = self._clamp(max(int(update.num_examples), 0))
         if n > 0:
             # Σ n_i·w_i, accumulated in place; divided by Σ n_i when the round closes.
             self._acc = weighted_sum([(float(n), update.params)], out=self._acc, indices=self._floats,
@@ -193,6 +198,6 @@ class FedAvg(Strategy):
         self._late = {int(n) for n in state["late"]}
         self._pending = {int(n) for n in state["pending"]}
         self._acc = None if state["acc"] is None else [np.array(a) for a in state["acc"]]
-        self._acc_examples = int(state["acc_examples"])
+        self._acc_examples = float(state["acc_examples"])  # a clamped claim is a float
         self._int_vals = [[np.array(a) for a in vals] for vals in state["int_vals"]]
         self._replies = int(state["replies"])

@@ -42,6 +42,8 @@ class FedBuff(Strategy):
         Updates with ``τ`` above this are rejected; ``None`` accepts any.
     max_concurrency : int or None
         Clients training at once; ``None`` lets every client train.
+    max_update_norm : float or None
+        Reject an update whose change exceeds this many times the model's norm (see ``Strategy``); ``None``: off.
     """
 
     name = "fedbuff"
@@ -49,8 +51,9 @@ class FedBuff(Strategy):
     def __init__(self, *, local_steps: int = 20, buffer_size: int = 10, server_lr: float = 1.0,
                  server_momentum: float = 0.0, staleness: str = "polynomial", staleness_a: float | None = 0.5,
                  staleness_b: float | None = None, max_staleness: int | None = None,
-                 max_concurrency: int | None = None, non_trainable: Sequence[int] = ()) -> None:
-        super().__init__(non_trainable=non_trainable)
+                 max_concurrency: int | None = None, max_update_norm: float | None = None,
+                 non_trainable: Sequence[int] = ()) -> None:
+        super().__init__(non_trainable=non_trainable, max_update_norm=max_update_norm)
         self.local_steps = P.positive_int("local_steps", local_steps)
         self._task_config = frozen_config({"local_steps": self.local_steps})  # shared by every task
         self.buffer_size = P.positive_int("buffer_size", buffer_size)
@@ -73,7 +76,7 @@ class FedBuff(Strategy):
         return {"local_steps": self.local_steps, "buffer_size": self.buffer_size, "server_lr": self.server_lr,
                 "server_momentum": self.server_momentum, "staleness": self.staleness,
                 "staleness_a": self.staleness_a, "max_staleness": self.max_staleness,
-                "max_concurrency": self.max_concurrency}
+                "max_concurrency": self.max_concurrency, "max_update_norm": self.max_update_norm}
 
     @property
     def buffer_fill(self) -> int:
@@ -85,7 +88,7 @@ class FedBuff(Strategy):
         return self.max_concurrency is not None
 
     def gauges(self) -> dict[str, float]:
-        return {"buffer_fill": float(self._k)}
+        return {**super().gauges(), "buffer_fill": float(self._k)}
 
     def _on_start(self, now: float) -> None:
         self._running = 0
@@ -108,6 +111,9 @@ class FedBuff(Strategy):
         tau = self._version - sent.task.version
         if self.max_staleness is not None and tau > self.max_staleness:
             return Outcome("rejected", "stale")
+        refused = self._norm_rejection(update, sent)
+        if refused is not None:
+            return refused
         c = self._s(tau)
         # acc (+)= s·w(o) − s·w_i, in place, trainable tensors only.
         self._acc = weighted_sum([(c, sent.params), (-c, update.params)], out=self._acc, indices=self._trainable,

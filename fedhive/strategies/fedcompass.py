@@ -91,7 +91,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import params as P
-from .base import APPLIED, BUFFERED, ClientInfo, Dispatch, Outcome, Params, Strategy, Task, Update, frozen_config
+from .base import (APPLIED, BUFFERED, DEFAULT_MAX_WEIGHT_RATIO, ClientInfo, Dispatch, Outcome, Params, Strategy, Task,
+                   Update, frozen_config)
 from .staleness import STALENESS_KINDS, make_staleness
 from .weighted_sum import mean_of, weighted_sum
 
@@ -169,6 +170,8 @@ class FedCompass(Strategy):
         rule, offered because with tens of clients the paper's per-client weights make each group step tiny).
     speed_model : str
         ``"per_step"`` (seconds per step, the paper's) or ``"affine"`` (overhead + steps × seconds per step).
+    max_weight_ratio : float
+        ``n_j`` is clamped to this many times the live fleet's median claim (see ``Strategy``; 0: off).
     non_trainable : sequence of int
         Tensors that are averaged, never staleness-weighted (see ``Strategy``).
     """
@@ -179,8 +182,8 @@ class FedCompass(Strategy):
     def __init__(self, *, q_min: int = 20, q_max: int = 100, lam: float = 1.5, speed_momentum: float = 0.9,
                  alpha: float = 0.9, staleness: str = "polynomial", staleness_a: float | None = 0.5,
                  staleness_b: float | None = None, client_weights: str = "samples", speed_model: str = "affine",
-                 non_trainable: Sequence[int] = ()) -> None:
-        super().__init__(non_trainable=non_trainable)
+                 max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO, non_trainable: Sequence[int] = ()) -> None:
+        super().__init__(non_trainable=non_trainable, max_weight_ratio=max_weight_ratio)
         self.q_min = P.positive_int("q_min", q_min)
         self.q_max = P.positive_int("q_max", q_max)
         if self.q_min > self.q_max:
@@ -214,7 +217,7 @@ class FedCompass(Strategy):
         return {"q_min": self.q_min, "q_max": self.q_max, "lam": self.lam, "speed_momentum": self.speed_momentum,
                 "alpha": self.alpha, "staleness": self.staleness, "staleness_a": self.staleness_a,
                 "staleness_b": self.staleness_b, "client_weights": self.client_weights,
-                "speed_model": self.speed_model}
+                "speed_model": self.speed_model, "max_weight_ratio": self.max_weight_ratio}
 
     # ----------------------------------------------------------------- read-only views (metrics, tests)
     @property
@@ -229,7 +232,7 @@ class FedCompass(Strategy):
         return len(self._buffer)
 
     def gauges(self) -> dict[str, float]:
-        return {"open_groups": float(len(self._open)), "buffered": float(len(self._buffer))}
+        return {**super().gauges(), "open_groups": float(len(self._open)), "buffered": float(len(self._buffer))}
 
     def estimate(self, node_id: int) -> tuple[float, float] | None:
         """``(overhead seconds, seconds per step)`` for a client, or ``None`` before its first arrival."""

@@ -28,7 +28,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import params as P
-from .base import BUFFERED, ClientInfo, Dispatch, Outcome, Params, Strategy, Task, Update, frozen_config
+from .base import (BUFFERED, DEFAULT_MAX_WEIGHT_RATIO, ClientInfo, Dispatch, Outcome, Params, Strategy, Task, Update,
+                   frozen_config)
 from .weighted_sum import mean_of, weighted_sum
 
 _CEIL_TOLERANCE = 1e-9
@@ -58,8 +59,9 @@ class FedFix(Strategy):
     tracks_wakeups = True  # returned clients wait for the next aggregation, which pokes
 
     def __init__(self, *, local_steps: int = 20, interval: float | None = None, server_lr: float = 1.0,
-                 duration_momentum: float = 0.9, non_trainable: Sequence[int] = ()) -> None:
-        super().__init__(non_trainable=non_trainable)
+                 duration_momentum: float = 0.9, max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO,
+                 non_trainable: Sequence[int] = ()) -> None:
+        super().__init__(non_trainable=non_trainable, max_weight_ratio=max_weight_ratio)
         self.local_steps = P.positive_int("local_steps", local_steps)
         self._task_config = frozen_config({"local_steps": self.local_steps})  # shared by every task
         self.interval = P.optional(P.number, "interval", interval, low=0.0, low_open=True)
@@ -76,7 +78,7 @@ class FedFix(Strategy):
 
     def config(self) -> dict[str, Any]:
         return {"local_steps": self.local_steps, "interval": self.interval, "server_lr": self.server_lr,
-                "duration_momentum": self.duration_momentum}
+                "duration_momentum": self.duration_momentum, "max_weight_ratio": self.max_weight_ratio}
 
     @property
     def current_interval(self) -> float | None:

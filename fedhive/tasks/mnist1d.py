@@ -3,7 +3,8 @@
 The data come from the ``mnist1d`` package's own generator (``make_dataset``), run offline; nothing is downloaded
 and nothing is unpickled. Generating 10,000 samples takes a few seconds, so the arrays are kept in a process-wide
 cache and, unless disabled, in a ``.npz`` file under ``$FEDHIVE_CACHE`` (default ``~/.cache/fedhive``; set it to
-an empty string to turn the disk cache off).
+an empty string to turn the disk cache off). A cache file that cannot be read or does not fit (truncated, garbled,
+another layout) is logged, deleted and regenerated, never fatal.
 """
 
 from __future__ import annotations
@@ -78,23 +79,30 @@ def _generate(args: dict) -> dict[str, np.ndarray]:
 
 
 def _read_npz(path: Path, args: dict) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or ``None`` when the file is unreadable or does not fit ``args``: then it is deleted
+    (best effort) and the caller regenerates the data and writes a fresh cache."""
     try:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in ("x", "y", "x_test", "y_test")}
-    except (OSError, KeyError, ValueError) as exc:
-        log.warning("ignoring unreadable MNIST-1D cache %s: %s", path, exc)
-        return None
-    length = args["final_seq_length"]
-    ok = (
-        data["x"].ndim == 2
-        and data["x"].shape[1] == length
-        and data["x_test"].shape[1:] == (length,)
-        and len(data["x"]) == len(data["y"])
-        and len(data["x_test"]) == len(data["y_test"])
-        and len(data["x"]) + len(data["x_test"]) == 10 * (args["num_samples"] // 10)
-    )
-    if not ok:
-        log.warning("ignoring MNIST-1D cache %s: shapes do not match the generator arguments", path)
+        length = args["final_seq_length"]
+        ok = (
+            all(a.ndim == (2 if k.startswith("x") else 1) for k, a in data.items())
+            and data["x"].shape[1] == length
+            and data["x_test"].shape[1:] == (length,)
+            and len(data["x"]) == len(data["y"])
+            and len(data["x_test"]) == len(data["y_test"])
+            and len(data["x"]) + len(data["x_test"]) == 10 * (args["num_samples"] // 10)
+        )
+        reason = None if ok else "shapes do not match the generator arguments"
+    except Exception as exc:  # a truncated, garbled or foreign file: zipfile, zlib, numpy or EOF errors
+        reason = f"unreadable ({type(exc).__name__}: {exc})"
+    if reason is not None:
+        log.warning("MNIST-1D cache %s is %s: deleting it and generating the data again", path,
+                    reason if reason.startswith("unreadable") else f"wrong: {reason}")
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not delete the bad MNIST-1D cache %s: %s", path, exc)
         return None
     return {
         "x": data["x"].astype(np.float32, copy=False),

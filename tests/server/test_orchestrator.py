@@ -391,3 +391,55 @@ def test_fedcompass_parked_clients_are_asked_again_only_when_their_group_aggrega
     # Each result parks its client at most once (the ask right after it arrives); re-asking every parked client
     # after every event (the rule without take_woken) gives several "nothing yet" per result.
     assert all(asked_while_parked[i] <= results[i] for i in asked_while_parked)
+
+
+# ------------------------------------------------------------------ untrusted replies (issue 14)
+def _one_bad_reply(edit, bad_task=3):
+    """The scenario's clients; task ``bad_task``'s reply is ``edit(update)``."""
+    cls, targets, speeds, init = scenario()
+    good = pull_toward(targets)
+
+    def train(node, task_id, task, params):
+        u = good(node, task_id, task, params)
+        return edit(u) if task_id == bad_task else u
+
+    return cls, speeds, init, train
+
+
+@pytest.mark.parametrize("bad", [2**62, 2**31, int(1e308), 1e308, float("inf"), float("nan"), -1, 2.5, 20.0, "7",
+                                 [5], None])
+@pytest.mark.parametrize("strategy", ["fedavg", "fedasync"])
+def test_a_huge_or_malformed_example_count_is_a_counted_rejection(bad, strategy):
+    cls, speeds, init, train = _one_bad_reply(lambda u: Update(u.node_id, u.base_version, u.params, bad, {}))
+    obs = Snapshots()
+    res = Orchestrator(build(strategy, PARAMS[strategy]), VirtualTransport(cls, durations(speeds), train),
+                       stop=StopCondition(max_time=20.0), observer=obs).run(init)
+    assert obs.rejections == ["num_examples"]
+    assert res.counters["rejected_num_examples"] == 1 and res.counters["rejected"] == 1
+    assert res.final["version"] > 3
+
+
+def test_the_largest_accepted_example_count_is_2_31_minus_1():
+    cls, speeds, init, train = _one_bad_reply(lambda u: Update(u.node_id, u.base_version, u.params, 2**31 - 1, {}))
+    res = Orchestrator(build("fedasync"), VirtualTransport(cls, durations(speeds), train),
+                       stop=StopCondition(max_time=20.0)).run(init)
+    assert res.counters.get("rejected", 0) == 0
+
+
+@pytest.mark.parametrize("value", [3e38, -3e38, 1e34])
+@pytest.mark.parametrize("strategy", ["fedasync", "fedbuff", "fedavg"])
+def test_a_finite_value_that_would_overflow_an_aggregation_is_rejected(value, strategy):
+    """A single 3e38 is finite: applied, FedAsync's model would be it; it is refused and the model untouched."""
+    def edit(u):
+        p = [a.copy() for a in u.params]
+        p[1][0, 0] = value
+        return Update(u.node_id, u.base_version, p, u.num_examples, {})
+
+    cls, speeds, init, train = _one_bad_reply(edit)
+    obs = Snapshots()
+    res = Orchestrator(build(strategy, PARAMS[strategy]), VirtualTransport(cls, durations(speeds), train),
+                       stop=StopCondition(max_time=20.0), observer=obs).run(init)
+    assert obs.rejections == ["magnitude"]
+    assert res.counters["rejected_magnitude"] == 1
+    assert all(np.all(np.abs(p) < 1e30) for p in res.params)
+    assert res.final["version"] > 3

@@ -478,12 +478,12 @@ def test_bad_server_adaptation_lists_the_choices():
 def test_needs_the_model_store_and_reports_alpha():
     assert FedASMU.needs_model_store is True and FedASMU(server_adaptation="off").needs_model_store
     s = _start(3)
-    assert s.gauges() == {"alpha": 0.0}                              # before the first applied arrival
+    assert s.gauges() == {"weights_clamped": 0.0, "alpha": 0.0}                              # before the first applied arrival
     a, b, c = (s.on_idle(ci, 0.0) for ci in _clients(3))
     s.on_update(_upd(a, [3, 2, 1]), 1.0)
-    assert s.gauges() == {"alpha": pytest.approx(0.5)}              # test_server_steps_exact's α values
+    assert s.gauges() == {"weights_clamped": 0.0, "alpha": pytest.approx(0.5)}              # test_server_steps_exact's α values
     s.on_update(_upd(b, [0, 0, 6]), 2.0)
-    assert s.gauges() == {"alpha": pytest.approx(1 / 3)}
+    assert s.gauges() == {"weights_clamped": 0.0, "alpha": pytest.approx(1 / 3)}
     assert s.gauges()["alpha"] == s.last_alpha
 
 
@@ -492,7 +492,7 @@ def test_alpha_gauge_keeps_the_last_applied_value_after_a_rejection():
     a, b, _ = (s.on_idle(ci, 0.0) for ci in _clients(3))
     s.on_update(_upd(a, [0, 0, 0]), 1.0)
     assert s.on_update(_upd(b, [9, 9, 9]), 2.0).reason == "stale"
-    assert s.gauges() == {"alpha": pytest.approx(0.5)}
+    assert s.gauges() == {"weights_clamped": 0.0, "alpha": pytest.approx(0.5)}
 
 
 # --------------------------------------------------------------------------- DevicePlan

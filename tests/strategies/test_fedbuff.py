@@ -98,18 +98,18 @@ def test_deterministic_runs_are_bit_identical():
 def test_gauges_report_the_buffer_fill():
     s = Driven(FedBuff(buffer_size=3))
     s.start([np.zeros(3)], C, 0.0)
-    assert s.gauges() == {"buffer_fill": 0.0}
+    assert s.gauges() == {"weights_clamped": 0.0, "buffer_fill": 0.0}
     for c in C:
         s.on_idle(c, 0.0)
     s.on_update(Update(0, 0, [np.ones(3)], 10, {}), 1.0)
-    assert s.gauges() == {"buffer_fill": 1.0}
+    assert s.gauges() == {"weights_clamped": 0.0, "buffer_fill": 1.0}
     s.on_update(Update(1, 0, [np.ones(3)], 30, {}), 2.0)
-    assert s.gauges() == {"buffer_fill": 2.0} and s.version == 0
+    assert s.gauges() == {"weights_clamped": 0.0, "buffer_fill": 2.0} and s.version == 0
     s.on_failure(2, 2.5)                                   # a failure adds nothing to the buffer
-    assert s.gauges() == {"buffer_fill": 2.0}
+    assert s.gauges() == {"weights_clamped": 0.0, "buffer_fill": 2.0}
     s.on_idle(C[2], 3.0)
     assert s.on_update(Update(2, 0, [np.ones(3)], 20, {}), 4.0).status == "applied"
-    assert s.gauges() == {"buffer_fill": 0.0} and s.version == 1
+    assert s.gauges() == {"weights_clamped": 0.0, "buffer_fill": 0.0} and s.version == 1
 
 
 def test_delta_is_taken_against_the_model_in_the_dispatch_record():

@@ -529,24 +529,24 @@ def test_defaults():
     s = FedCompass()
     assert s.config() == {"q_min": 20, "q_max": 100, "lam": 1.5, "speed_momentum": 0.9, "alpha": 0.9,
                           "staleness": "polynomial", "staleness_a": 0.5, "staleness_b": None,
-                          "client_weights": "samples", "speed_model": "affine"}
+                          "client_weights": "samples", "speed_model": "affine", "max_weight_ratio": 10.0}
 
 
 def test_gauges_follow_the_groups_and_the_buffer():
     sc = Script(per_step(), {1: 1, 2: 1, 3: 2, 4: 1}, start=[1, 2, 3])
     s = sc.s
-    assert s.gauges() == {"open_groups": 0.0, "buffered": 0.0}
+    assert s.gauges() == {"weights_clamped": 0.0, "open_groups": 0.0, "buffered": 0.0}
     run_table(sc, MAIN[:4])                                    # G0 made at the first arrival
-    assert s.gauges() == {"open_groups": 1.0, "buffered": 0.0}
+    assert s.gauges() == {"weights_clamped": 0.0, "open_groups": 1.0, "buffered": 0.0}
     cut = next(k for k, r in enumerate(MAIN) if r[0] == 32 and r[1] == "next")
     run_table(sc, MAIN[4:cut])                                 # G2, G3, G4 open (see the intermediate groups)
-    assert s.gauges() == {"open_groups": 3.0, "buffered": 0.0}
+    assert s.gauges() == {"weights_clamped": 0.0, "open_groups": 3.0, "buffered": 0.0}
     late = next(k for k, r in enumerate(MAIN) if r[0] == 40 and r[1] == "arrive")
     run_table(sc, MAIN[cut:late + 1])                          # G2 closed by its timer, G4 done; 1 late into B
-    assert s.gauges() == {"open_groups": 2.0, "buffered": 1.0}
+    assert s.gauges() == {"weights_clamped": 0.0, "open_groups": 2.0, "buffered": 1.0}
     run_table(sc, MAIN[late + 1:])                             # B merged; G6 and G7 open
-    assert s.gauges() == {"open_groups": 2.0, "buffered": 0.0}
+    assert s.gauges() == {"weights_clamped": 0.0, "open_groups": 2.0, "buffered": 0.0}
     for _ in range(2):
         g = s.gauges()
-        assert g == {"open_groups": float(sum(x["open"] for x in s.groups)), "buffered": float(s.buffered)}
+        assert g == {"weights_clamped": 0.0, "open_groups": float(sum(x["open"] for x in s.groups)), "buffered": float(s.buffered)}
         assert all(type(v) is float for v in g.values())

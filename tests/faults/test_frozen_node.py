@@ -1,0 +1,49 @@
+"""A frozen device (SIGSTOP of a real SuperNode and its ClientApp): the asynchronous run goes on without it, its
+task ends as a failure, and the node delivers again once it thaws (SIGCONT). The detection time is measured."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from fedhive.localcluster import LocalCluster
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_a_frozen_node_does_not_stop_an_async_run(tmp_path):
+    from deploy.conftest import dump_logs, read_json, status, wait_for, wait_for_none
+
+    cluster = LocalCluster(tmp_path / "c", emulate="none", data_dir=tmp_path / "data")
+    try:
+        cluster.start_superlink()
+        for i, cls in enumerate(("cpu", "cpu", "cpu")):
+            cluster.add_agent(cls, i, 3)
+        run_dir = tmp_path / "run"
+        run_id = cluster.submit({"strategy": "fedasync", "task": "synthetic", "local-steps": 5, "min-clients": 3,
+                                 "ttl": 15.0, "max-time": 120.0, "eval-interval": 5.0, "run-dir": str(run_dir)})
+        wait_for(lambda: status(run_dir).get("client_updates", 0) >= 3, 150, "three updates")
+        pid = int((cluster.run_dir / "agents" / "agent2" / "supernode.pid").read_text())
+        before = status(run_dir)
+        cluster.stop_pgid(pid, signal.SIGSTOP)  # the SuperNode, its launcher and ClientApp: a frozen device
+        frozen_at = time.monotonic()
+        try:
+            wait_for(lambda: sum(status(run_dir).get("failures", {}).values()) > sum(before.get("failures", {})
+                                                                                      .values()),
+                     120, "the frozen node's task to fail")
+            detected = time.monotonic() - frozen_at
+            during = status(run_dir)
+            # The other two nodes kept delivering while it was frozen.
+            assert during["client_updates"] >= before["client_updates"] + 4, (before, during)
+        finally:
+            cluster.stop_pgid(pid, signal.SIGCONT)
+        st = cluster.wait_status(run_dir, run_id=run_id, timeout=300)
+        assert st["state"] == "finished", dump_logs(cluster)
+        h = read_json(run_dir / "history.json")
+        print(f"frozen node detected after {detected:.1f} s (ttl 15 s): failures {h['counters']}")
+        assert detected <= 15.0 + 15.0  # the TTL (code 3) plus the poll and reply path
+    finally:
+        cluster.close()
+    assert not wait_for_none(cluster)
