@@ -139,6 +139,9 @@ def main() -> None:
     ap.add_argument("--hostile-nodes", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/faults.json")
     args = ap.parse_args()
+    import logging
+
+    logging.getLogger("fedhive").setLevel(logging.ERROR)  # thousands of rejections: counted below, not logged
     console = Console()
     with Progress(console=console) as progress:
         ip = run_inprocess(args.inprocess, progress)
