@@ -314,11 +314,13 @@ class LocalCluster:
         A run is lost, and reported as ``failed`` with a ``lost`` reason, when Flower says it ended without the server
         app saying so (``flower_status``), when the SuperLink process this cluster started has exited
         (``superlink``), or when the ServerApp process named in ``status.json`` is gone while it says ``running``
-        (``server_app``; this machine only). A ``status.json`` written by one of ``stale_pids`` (an earlier attempt's
+        (``server_app``; this machine only, and only for a ``status.json`` written since this wait began). A
+        ``status.json`` written by one of ``stale_pids`` (an earlier attempt's
         ServerApp) counts as none yet.
         """
         path = Path(run_dir) / "status.json"
         end = time.monotonic() + timeout
+        started = time.time()
         last_flower = 0.0
         status: dict[str, Any] = {}
         while time.monotonic() < end:
@@ -332,7 +334,8 @@ class LocalCluster:
             if self.superlink is not None and not self.superlink.alive():
                 return {**status, "state": "failed", "lost": "superlink"}
             pid = status.get("pid")
-            if status.get("state") == "running" and isinstance(pid, int) and not _pid_alive(pid):
+            if status.get("state") == "running" and isinstance(pid, int) and not _pid_alive(pid) \
+                    and _mtime(path) >= started:  # (an older status.json: a ServerApp that died before this wait)
                 time.sleep(0.5)
                 again = _read_status(path)
                 if again.get("state") in states:
@@ -469,3 +472,10 @@ def _pid_alive(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
     except (OSError, IndexError):
         return True
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
