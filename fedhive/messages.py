@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from fedhive.strategies.validation import MAX_NUM_EXAMPLES  # the most examples a node may report: the engine's bound
+
 if TYPE_CHECKING:  # for the annotations only; Flower is imported where a record is built or read
     from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 
@@ -38,8 +40,6 @@ STORE_ADDRESS = "fedhive.store-address"
 STORE_TOKEN = "fedhive.store-token"
 STORE_CA = "fedhive.store-ca"
 
-#: The most examples a node may report (in its profile or a reply); a larger count is refused as hostile.
-MAX_NUM_EXAMPLES = 2**31 - 1
 #: The device classes fedhive knows: ``fedhive.sim.profiles.DEVICE_CLASSES`` and ``unknown`` (a test keeps them equal).
 KNOWN_DEVICE_CLASSES = ("gpu", "cpu", "rpi5", "rpi4", "rpi-zero2", "unknown")
 #: What else a node may call its device class: a short token (a user's own class, e.g. ``jetson``).

@@ -10,6 +10,7 @@ from fedhive.faults import inprocess
 from fedhive.faults import mutations as M
 from fedhive.strategies import STRATEGIES
 from fedhive.strategies.base import Update
+from fedhive.strategies.validation import Rejection
 
 
 def _clean(t: inprocess.Tally) -> dict:
@@ -32,8 +33,8 @@ def test_no_hostile_reply_crashes_is_taken_twice_or_changes_the_model(strategy):
 
 def test_the_checks_catch_an_engine_that_takes_everything(monkeypatch):
     """Without validation the same run must show accepted malformed replies, crashes or a poisoned model."""
-    monkeypatch.setattr(Orchestrator, "_validate", lambda self, ev, d: None if d is not None else
-                        __import__("fedhive.engine.orchestrator", fromlist=["Rejection"]).Rejection("unknown_task", ""))
+    monkeypatch.setattr(Orchestrator, "_validate",
+                        lambda self, ev, d: None if d is not None else Rejection("unknown_task", ""))
     t = inprocess.run("fedasync", 300, seed=1)
     assert t.crashes > 0 or sum(t.accepted_malformed.values()) > 0 or t.non_finite_models > 0
 
