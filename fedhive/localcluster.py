@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from fedhive.runconfig import STOP_GRACE
 from fedhive.client.agent import flower_command, flower_env, node_config_string, signal_group
 from fedhive.runconfig import format_run_config
 
@@ -184,6 +185,7 @@ class LocalCluster:
             f'[superlink]\ndefault = "up"\n\n[superlink.up]\naddress = "{self.address}"\ninsecure = true\n')
         self.data_dir = Path(data_dir) if data_dir else None
         self.procs: list[Proc] = []
+        self.server_pids: set[int] = set()  # ServerApps seen in a status.json (Flower's SuperExec starts them)
         self.cgroups: CpuCgroups | None = None
         if emulate in ("auto", "cgroup"):
             self.cgroups = CpuCgroups(f"fedhive-{os.getpid()}-{self.port}")
@@ -306,7 +308,7 @@ class LocalCluster:
     def stop_run(self, run_id: int) -> None:
         self.flwr("stop", str(run_id), "up", timeout=60)
 
-    def wait_status(self, run_dir: str | Path, states: tuple[str, ...] = ("finished", "failed"), timeout: float = 600,
+    def wait_status(self, run_dir: str | Path, states: tuple[str, ...] = ("finished", "failed", "stopped"), timeout: float = 600,
                     run_id: int | None = None, poll: float = 1.0, on_status=None,
                     stale_pids: Sequence[int] = ()) -> dict[str, Any]:
         """Wait until ``run_dir/status.json`` says one of ``states`` (or the run is lost).
@@ -322,11 +324,14 @@ class LocalCluster:
         end = time.monotonic() + timeout
         started = time.time()
         last_flower = 0.0
+        flower_done: float | None = None  # when Flower first said the run ended
         status: dict[str, Any] = {}
         while time.monotonic() < end:
             status = _read_status(path)
             if status.get("pid") in stale_pids:
                 status = {}
+            if isinstance(status.get("pid"), int):
+                self.server_pids.add(status["pid"])
             if on_status is not None and status:
                 on_status(status)
             if status.get("state") in states:
@@ -341,15 +346,20 @@ class LocalCluster:
                 if again.get("state") in states:
                     return again
                 return {**status, "state": "failed", "lost": "server_app"}
-            if run_id is not None and time.monotonic() - last_flower > 10:
+            if run_id is not None and (flower_done is not None or time.monotonic() - last_flower > 10):
                 last_flower = time.monotonic()
-                flower_state = self.run_status(run_id)
+                flower_state = self.run_status(run_id) if flower_done is None else "finished"
                 if flower_state.startswith("finished"):
-                    time.sleep(1.0)
-                    status = _read_status(path)
-                    if status.get("state") not in states:
-                        status = {**status, "state": "failed", "flower_status": flower_state, "lost": "flower"}
-                    return status
+                    flower_done = flower_done or time.monotonic()
+                    alive = isinstance(pid, int) and _pid_alive(pid)
+                    # A ServerApp still alive may be writing its final files (``flwr stop``: Flower says "finished"
+                    # at once; the server app needs a few seconds to write its checkpoint, up to STOP_GRACE).
+                    if not alive or time.monotonic() - flower_done > STOP_GRACE + 5.0:
+                        time.sleep(1.0)
+                        status = _read_status(path)
+                        if status.get("state") not in states:
+                            status = {**status, "state": "failed", "flower_status": flower_state, "lost": "flower"}
+                        return status
             time.sleep(poll)
         raise TimeoutError(f"{path} did not reach {states} within {timeout:.0f} s (last: {status.get('state')})")
 
@@ -407,9 +417,9 @@ class LocalCluster:
         return groups
 
     def leftovers(self) -> list[int]:
-        """PIDs still alive in this cluster's process groups or cgroups."""
+        """PIDs still alive in this cluster's process groups or cgroups, and the ServerApps it saw."""
         groups = set(self._groups())
-        pids = []
+        pids = [p for p in self.server_pids if _pid_alive(p)]
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 fields = stat.read_text().rsplit(")", 1)[1].split()
@@ -427,6 +437,8 @@ class LocalCluster:
         seconds), the agents' SuperNodes and their ClientApps included, and remove the cgroups."""
         for pgid in reversed(self._groups()):
             signal_group(pgid, signal.SIGTERM)
+        for pid in self.server_pids:  # a ServerApp outlives its SuperExec (it is re-parented, not in our groups)
+            _signal_pid(pid, signal.SIGTERM)
         end = time.monotonic() + grace
         for proc in reversed(self.procs):
             try:
@@ -437,6 +449,8 @@ class LocalCluster:
             time.sleep(0.2)
         for pgid in reversed(self._groups()):
             signal_group(pgid, signal.SIGKILL)
+        for pid in self.server_pids:
+            _signal_pid(pid, signal.SIGKILL)
         for proc in reversed(self.procs):
             try:
                 proc.popen.wait(5)
@@ -458,6 +472,16 @@ def _read_status(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return out if isinstance(out, dict) else {}
+
+
+def _signal_pid(pid: int, sig: int) -> None:
+    """Signal ``pid`` if it is still a ServerApp (a pid reused by another process is left alone)."""
+    try:
+        if b"flwr-serverapp" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return
+        os.kill(pid, sig)
+    except (OSError, ValueError):
+        pass
 
 
 def _pid_alive(pid: int) -> bool:

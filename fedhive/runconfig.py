@@ -19,6 +19,10 @@ from typing import Any, Mapping
 
 from fedhive.strategies.params import parse_pairs
 
+#: Seconds a ServerApp takes at most, after SIGTERM or ``flwr stop``, to write its final checkpoint, model, history
+#: and status before it exits anyway (``fedhive.server.app``); supervisors wait this long for those files.
+STOP_GRACE = 60.0
+
 #: key -> (default, help)
 KEYS: dict[str, tuple[Any, str]] = {
     "run-name": ("fedhive", "name of the run; checkpoints of the same name are resumed with resume=true"),

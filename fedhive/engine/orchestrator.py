@@ -145,6 +145,7 @@ class Orchestrator:
         self._accuracy: float | None = None
         self._start_time = 0.0
         self._max_time_at: float | None = None
+        self._stop_requested = ""  # request_stop's reason: the loop ends at the next event boundary
 
     # ------------------------------------------------------------------ public
     @property
@@ -255,7 +256,19 @@ class Orchestrator:
                 deadline = t
         return deadline
 
+    def request_stop(self, reason: str = "stopped") -> None:
+        """End the run at the next event boundary, as a stop condition would: evaluation, a final checkpoint and the
+        result follow as usual, with ``stop_reason = reason``. Safe to call from a signal handler (it only sets a
+        flag); no task is dispatched after it. The transport's ``wait`` returns within its poll interval if the
+        transport offers ``interrupt()`` (``GridTransport`` does), else at its next event."""
+        self._stop_requested = str(reason) or "stopped"
+        interrupt = getattr(self.transport, "interrupt", None)
+        if interrupt is not None:
+            interrupt()
+
     def _should_stop(self, now: float) -> str:
+        if self._stop_requested:
+            return self._stop_requested
         s = self.stop
         if self._max_time_at is not None and now >= self._max_time_at:
             return "max_time"
@@ -290,6 +303,7 @@ class Orchestrator:
             task_id = self._node_task.get(node)
             if task_id is not None:
                 self._fail_task(task_id, "node_lost", now)
+            self.strategy.on_leave(node, now)  # the weights' total is over the live fleet
         for node, c in current.items():
             if node not in self._clients and node not in self._node_task:
                 self._idle_new.add(node)
@@ -555,6 +569,10 @@ class Orchestrator:
         clients = list(self.transport.clients())
         self._membership_seen = self.transport.membership_version
         self._set_membership(clients, now, notify=False)
+        live = {c.node_id for c in clients}
+        for node in self.strategy.clients:  # the checkpoint's clients that are not back (yet) weigh nothing
+            if node not in live:
+                self.strategy.on_leave(node, now)
         for task_id in failed:
             if task_id in self._in_flight:
                 self._fail_task(task_id, "lost_in_restart", now)

@@ -30,6 +30,8 @@ import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -42,9 +44,10 @@ from fedhive.engine import Fanout, Observer, Orchestrator, RunResult, StopCondit
 from fedhive.engine import checkpoint as ckpt
 from fedhive.engine.build import strategy_for_task
 from fedhive.proto.modelfile import contiguous
+from fedhive.runconfig import STOP_GRACE
 from fedhive.strategies.base import ClientInfo, Outcome, Strategy, Task, Update
 
-from .grid_transport import GridTransport
+from .grid_transport import GridInterrupted, GridTransport
 from .settings import RunSettings
 
 if TYPE_CHECKING:
@@ -226,11 +229,36 @@ class _Publisher(Observer):
 
 
 def run(grid: Grid, run_config: Mapping[str, Any]) -> RunResult:
-    """Run fedhive on ``grid`` with ``run_config``; returns the orchestrator's result."""
+    """Run fedhive on ``grid`` with ``run_config``; returns the orchestrator's result.
+
+    fedhive's log lines also go to ``run-dir/server.log`` (appended to across resumes; best effort), besides
+    Flower's own log forwarding (``flwr log <run-id>``)."""
+    settings = RunSettings.from_config(dict(run_config))
+    handler = _file_log(settings.run_dir.resolve() / "server.log")
+    try:
+        return _run(grid, settings)
+    finally:
+        if handler is not None:
+            logging.getLogger("fedhive").removeHandler(handler)
+            handler.close()
+
+
+def _file_log(path: Path) -> logging.Handler | None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        log.warning("cannot write %s (%s): logging to the console only", path, exc)
+        return None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"))
+    logging.getLogger("fedhive").addHandler(handler)
+    return handler
+
+
+def _run(grid: Grid, settings: RunSettings) -> RunResult:
     from fedhive.tasks import load_task
 
     kernels.install()  # the fused weighted sum for large tensors (fedhive.engine.kernels)
-    settings = RunSettings.from_config(dict(run_config))
     run_dir = settings.run_dir.resolve()
     ckpt_dir = run_dir / "checkpoints"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -287,40 +315,117 @@ def run(grid: Grid, run_config: Mapping[str, Any]) -> RunResult:
     log.info("fedhive %s on %d clients, run folder %s%s", settings["strategy"], n, run_dir,
              ", resuming from the newest usable checkpoint" if resume_from else "")
     t0 = time.perf_counter()
-    try:
-        result = orch.run(None if resume_from else initial, resume_from=resume_from)
-    except BaseException:
-        status.state = "failed"
+    with _StopOnSignal(orch, transport) as stop_signal:  # until the run's files are written (a signal meanwhile waits)
+        try:
+            result = orch.run(None if resume_from else initial, resume_from=resume_from)
+        except BaseException:
+            status.state = "failed"
+            status.write(transport.now(), force=True)
+            raise
+        finally:
+            if store is not None:
+                store.stop()
+            if metrics is not None:
+                metrics.close()
+        wall = time.perf_counter() - t0
+        if stop_signal.signum:
+            log.warning("%s: the run stopped at version %s; writing its final files (resume=true continues it)",
+                        signal.Signals(stop_signal.signum).name, result.final["version"])
+        transport.settle(limit=3.0 if stop_signal.signum else 20.0)  # a stop signal leaves a few seconds at most
+        final = dict(result.final)
+        final["wall_seconds"] = wall
+        final["stop_reason"] = result.stop_reason
+        out = {"strategy": settings["strategy"], "task": settings["task"], "seed": settings["seed"],
+               "strategy_config": strategy.config(), "history": result.history, "final": final,
+               "counters": result.counters, "updates_by_class": dict(status.updates_by_class),
+               "arrivals": status.arrivals, "groups": _group_spread(status.arrivals),
+               "grid": {"pull_seconds": transport.pull_seconds, "push_seconds": transport.push_seconds,
+                        "pulls": transport.pulls}}
+        save_model(run_dir / "model.safetensors", result.params, task.param_names())  # before the history that reports it
+        out["write_errors"] = status.all_write_errors()
+        status.save("history.json", out)
+        try:
+            plot_history(result.history, run_dir / "accuracy_vs_time.png", settings["strategy"])
+        except Exception as exc:  # a plot is a convenience; never fail a finished run over it
+            log.warning("could not draw accuracy_vs_time.png: %s", exc)
+        status.state = "stopped" if stop_signal.signum else "finished"
         status.write(transport.now(), force=True)
-        raise
-    finally:
-        if store is not None:
-            store.stop()
-        if metrics is not None:
-            metrics.close()
-    wall = time.perf_counter() - t0
-    transport.settle()
-    final = dict(result.final)
-    final["wall_seconds"] = wall
-    final["stop_reason"] = result.stop_reason
-    out = {"strategy": settings["strategy"], "task": settings["task"], "seed": settings["seed"],
-           "strategy_config": strategy.config(), "history": result.history, "final": final,
-           "counters": result.counters, "updates_by_class": dict(status.updates_by_class),
-           "arrivals": status.arrivals, "groups": _group_spread(status.arrivals),
-           "grid": {"pull_seconds": transport.pull_seconds, "push_seconds": transport.push_seconds,
-                    "pulls": transport.pulls}}
-    save_model(run_dir / "model.safetensors", result.params, task.param_names())  # before the history that reports it
-    out["write_errors"] = status.all_write_errors()
-    status.save("history.json", out)
-    try:
-        plot_history(result.history, run_dir / "accuracy_vs_time.png", settings["strategy"])
-    except Exception as exc:  # a plot is a convenience; never fail a finished run over it
-        log.warning("could not draw accuracy_vs_time.png: %s", exc)
-    status.state = "finished"
-    status.write(transport.now(), force=True)
-    log.info("finished (%s): version %s, accuracy %s, %s client updates", result.stop_reason, final["version"],
-             final["accuracy"], final["client_updates"])
+        log.info("%s (%s): version %s, accuracy %s, %s client updates", status.state, result.stop_reason,
+                 final["version"], final["accuracy"], final["client_updates"])
+    stop_signal.redeliver()
     return result
+
+
+def _force_exit() -> None:
+    os._exit(1)  # no logging: a log lock may be what keeps the main thread from finishing
+
+
+class _StopOnSignal:
+    """SIGTERM and SIGINT (what ``flwr stop`` makes Flower send the ServerApp itself) end the run cleanly.
+
+    Flower's own handler exits at once, from wherever the loop is: the last checkpoint could be many versions old.
+    While the orchestrator runs, this handler only asks it to stop (:meth:`Orchestrator.request_stop`): the loop
+    ends at the next event boundary, writes its final checkpoint, and the server app writes the model, the history
+    and ``status.json`` (state ``stopped``); then :meth:`redeliver` hands the signal to the handler that was there
+    before (Flower's, which exits as it would have). Later signals are ignored: after ``flwr stop`` Flower sends
+    SIGINT once from each of its retrying clients. A signal that arrives while the main thread is inside a call
+    into Flower's Grid ends that call (see ``GridInterrupted``; the replies it was pulling are lost, their tasks
+    are failed on resume like any task in flight). If the files are not written within ``grace`` seconds the
+    process exits with code 1, as Flower's own force-exit would. Only in the main thread (where Python delivers
+    signals); elsewhere nothing is installed.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, orch: Orchestrator, transport: GridTransport | None = None, grace: float = STOP_GRACE) -> None:
+        self.orch = orch
+        self.transport = transport
+        self.grace = grace
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._watchdog: threading.Timer | None = None
+        self.repeats = 0  # signals after the first (ignored)
+
+    def __enter__(self) -> "_StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        # No logging here: the handler runs between two bytecodes of the main thread, which may hold a log
+        # handler's lock (Flower's log forwarding one is not reentrant): logging here can deadlock the process.
+        if self.signum is not None:
+            self.repeats += 1
+            return
+        self.signum = signum
+        self._watchdog = threading.Timer(self.grace, _force_exit)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+        self.orch.request_stop(f"signal_{signal.Signals(signum).name}")
+        if self.transport is not None and self.transport.in_grid_call:
+            # The main thread is inside Flower's Grid (no fedhive state half-changed there): a call that may never
+            # return after ``flwr stop`` is left by this exception, which GridTransport catches.
+            raise GridInterrupted(signum)
+
+    def redeliver(self) -> None:
+        """After the run's files are written: hand the signal that stopped it to the previous handler."""
+        if self.signum is not None:
+            self._deliver(self.signum, None)
+
+    def _deliver(self, signum: int, frame: Any) -> None:
+        previous = self._previous.get(signum, signal.SIG_DFL)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
 
 
 def prepare_run_folder(run_dir: Path, ckpt_dir: Path, *, resume: bool) -> Path | None:

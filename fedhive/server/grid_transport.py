@@ -87,6 +87,13 @@ def _short(value: object, limit: int = 64) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+class GridInterrupted(BaseException):
+    """Raised by a stop-signal handler (``fedhive.server.app``) inside a call into Flower's Grid: after ``flwr stop``
+    such a call can wait for ever (Flower's retries expect its own handler to end the process). A BaseException, as
+    Flower's ``RunNotRunningException``, so no ``except Exception`` on the way swallows it; GridTransport catches it
+    and the run stops with its final checkpoint."""
+
+
 @dataclass
 class _Query:
     node_id: int
@@ -151,6 +158,8 @@ class GridTransport(Transport):
         # What was refused or dropped of what nodes sent, by reason (for the server app to report):
         self.profile_rejections: Counter[str] = Counter()  # num-examples, device-class, entries_dropped
         self.metric_rejections: Counter[str] = Counter()  # not_a_number, bad_name, too_many
+        self.interrupted = False  # see interrupt()
+        self.in_grid_call = False  # a call into Flower's Grid is under way (see GridInterrupted)
 
     # ------------------------------------------------------------------ clock and membership
     def now(self) -> float:
@@ -166,7 +175,7 @@ class GridTransport(Transport):
     def refresh(self) -> bool:
         """Ask the SuperLink which nodes are online; profile new ones, drop lost ones. True if clients changed."""
         self._next_membership = self._clock() + self.membership_interval
-        online = {int(n) for n in self.grid.get_node_ids()}
+        online = {int(n) for n in self._grid(self.grid.get_node_ids)}
         # Before asking: a node whose profile query is refused joins at once, and _join checks it is online.
         self._online = online
         changed = False
@@ -188,6 +197,26 @@ class GridTransport(Transport):
             self._membership += 1
         return changed
 
+    def interrupt(self) -> None:
+        """The run is stopping (SIGTERM, ``flwr stop``; ``Orchestrator.request_stop``): ``wait`` returns within a poll
+        interval, nothing more is pushed, and a grid call that fails from now on (after ``flwr stop`` the SuperLink
+        refuses this run's calls) is logged and ends the wait instead of raising. Safe from a signal handler."""
+        self.interrupted = True
+
+    def _grid(self, call: Any, *args: Any) -> Any:
+        self.in_grid_call = True
+        try:
+            return call(*args)
+        finally:
+            self.in_grid_call = False
+
+    def _tolerate(self, exc: BaseException) -> None:
+        """Re-raise ``exc`` unless the run is stopping (see ``interrupt``)."""
+        if not self.interrupted:
+            raise exc
+        log.info("a grid call ended while the run stops (%s)", "interrupted by the stop signal"
+                 if isinstance(exc, GridInterrupted) else f"{type(exc).__name__}: {exc}")
+
     def wait_for_clients(self, n: int, timeout: float) -> int:
         """Block until ``n`` clients are known or ``timeout`` seconds passed; returns how many there are."""
         end = self._clock() + timeout
@@ -203,7 +232,7 @@ class GridTransport(Transport):
 
         self._queried.add(node)
         msg = Message(RecordDict({}), dst_node_id=node, message_type=M.PROFILE_QUERY, ttl=self.profile_ttl)
-        ids = list(self.grid.push_messages([msg]))
+        ids = list(self._grid(self.grid.push_messages, [msg]))
         if ids and ids[0]:
             self._queries[ids[0]] = _Query(node, self.now())
         else:
@@ -272,12 +301,18 @@ class GridTransport(Transport):
         from flwr.app import Message, RecordDict
 
         task_id, task, params = sent.task_id, sent.task, sent.params
+        if self.interrupted:  # stopping: the task stays in the engine's record, lost on resume (never run twice)
+            return
         config = {**self.extra_config, **task.config, M.TASK_ID: task_id, M.VERSION: task.version}
         content = RecordDict({M.ARRAYS: self._record(task.version, params), M.CONFIG: M.to_config_record(config)})
         msg = Message(content, dst_node_id=task.node_id, message_type="train", ttl=self.ttl,
                       group_id=str(task.version))
         t = time.perf_counter()
-        ids = list(self.grid.push_messages([msg]))
+        try:
+            ids = list(self._grid(self.grid.push_messages, [msg]))
+        except (Exception, GridInterrupted) as exc:  # noqa: BLE001 - re-raised unless stopping
+            self._tolerate(exc)
+            return
         self.push_seconds += time.perf_counter() - t
         now = self.now()
         if not ids or not ids[0]:
@@ -292,9 +327,16 @@ class GridTransport(Transport):
         idle_end = self._clock() + self.idle_timeout
         membership = self._membership
         while True:
-            if self._clock() >= self._next_membership:
-                self.refresh()
-            self._pull()
+            if self.interrupted:
+                events, self._pending = self._pending, []
+                return sorted(events, key=lambda e: e.time)
+            try:
+                if self._clock() >= self._next_membership:
+                    self.refresh()
+                self._pull()
+            except (Exception, GridInterrupted) as exc:  # noqa: BLE001 - re-raised unless stopping
+                self._tolerate(exc)
+                continue
             if self._pending:
                 events, self._pending = self._pending, []
                 events.sort(key=lambda e: e.time)
@@ -316,7 +358,7 @@ class GridTransport(Transport):
         if not ids:
             return
         t = time.perf_counter()
-        replies = list(self.grid.pull_messages(ids))
+        replies = list(self._grid(self.grid.pull_messages, ids))
         self.pull_seconds += time.perf_counter() - t
         self.pulls += 1
         now = self.now()
@@ -432,9 +474,13 @@ class GridTransport(Transport):
         """
         end = self._clock() + limit
         late = 0
-        while self._sent or self._queries:
+        while (self._sent or self._queries) and not self.interrupted:  # stopping: no grid call may hang the exit
             before = len(self._sent) + len(self._queries)
-            self._pull()
+            try:
+                self._pull()
+            except (Exception, GridInterrupted) as exc:  # noqa: BLE001 - re-raised unless stopping
+                self._tolerate(exc)
+                break
             late += before - len(self._sent) - len(self._queries)
             self._pending.clear()
             now = self.now()

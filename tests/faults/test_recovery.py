@@ -56,3 +56,45 @@ def test_server_app_and_superlink_kills_are_resumed(tmp_path):
     finally:
         cluster.close()
     assert not wait_for_none(cluster)
+
+
+def _newest_version(run_dir):
+    newest = ckpt.latest(run_dir / "checkpoints")
+    return None if newest is None else int(newest.stem.split("-")[1])
+
+
+def test_flwr_stop_and_sigterm_write_a_final_checkpoint_that_the_next_run_resumes(tmp_path):
+    """``flwr stop`` (Flower makes the ServerApp SIGINT itself, then refuses its calls) and a SIGTERM to the ServerApp
+    each end the run at once with a checkpoint of its last version (``checkpoint-every`` is far off) and status
+    ``stopped``; the run resubmitted with ``resume=true`` continues from that version."""
+    from deploy.conftest import dump_logs, read_json, status, wait_for, wait_for_none
+
+    cluster = LocalCluster(tmp_path / "c", emulate="none", data_dir=tmp_path / "data")
+    run_dir = tmp_path / "run"
+    config = {"strategy": "fedasync", "task": "synthetic", "local-steps": 5, "min-clients": 2, "max-updates": 1000,
+              "max-time": 400.0, "eval-interval": 5.0, "checkpoint-every": 10_000, "run-dir": str(run_dir)}
+    try:
+        cluster.start_superlink()
+        for i in range(2):
+            cluster.add_agent("cpu", i, 2)
+        run_id = cluster.submit(config)
+        wait_for(lambda: status(run_dir).get("version", 0) >= 3, 180, "three versions")
+        cluster.stop_run(run_id)
+        st = cluster.wait_status(run_dir, run_id=run_id, timeout=120)
+        assert st["state"] == "stopped", (st, dump_logs(cluster))
+        first = read_json(run_dir / "history.json")["final"]
+        assert first["stop_reason"] == "signal_SIGINT" and first["version"] >= 3, first
+        assert _newest_version(run_dir) == first["version"]
+
+        run_id = cluster.submit({**config, "resume": True})
+        wait_for(lambda: status(run_dir).get("state") == "running"
+                 and status(run_dir).get("version", 0) >= first["version"] + 2, 180, "two more versions")
+        os.kill(int(status(run_dir)["pid"]), signal.SIGTERM)
+        st = cluster.wait_status(run_dir, run_id=run_id, timeout=120)
+        assert st["state"] == "stopped", (st, dump_logs(cluster))
+        second = read_json(run_dir / "history.json")["final"]
+        assert second["stop_reason"] == "signal_SIGTERM" and second["version"] >= first["version"] + 2, second
+        assert _newest_version(run_dir) == second["version"]
+    finally:
+        cluster.close()
+    assert not wait_for_none(cluster)

@@ -1,5 +1,7 @@
 """The orchestrator over the scripted virtual transport: validation, stop conditions, membership, resume."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -191,6 +193,30 @@ def test_joining_client_gets_work_and_leaving_client_is_failed():
     assert ("fail", 3, "node_lost", 6.0) in seen
     assert not any(n == 3 and t > 6.0 for n, t, *rest in [s for s in seen if s[0] != "fail"])
     assert 7 in strat.clients and res.counters["failed_node_lost"] == 1
+
+
+@pytest.mark.parametrize("name, params", [("fedfix", {}), ("fedcompass", {}),
+                                          ("fedasmu", {"server_adaptation": "off"})])
+def test_a_client_that_leaves_is_out_of_the_weights(name, params, tmp_path):
+    """The engine tells the strategy who left (``on_leave``): the live clients' weights still sum to 1, also after
+    a resume from a checkpoint taken before the client left."""
+    cls, targets, speeds, init = scenario()
+    transport = VirtualTransport(cls, durations(speeds), pull_toward(targets), leaves=[(6.0, 3)])
+    strat = build(name, params)
+    Orchestrator(strat, transport, stop=StopCondition(max_time=20.0), checkpoint_dir=tmp_path,
+                 checkpoint_every=1).run(init)
+    live = [c.node_id for c in cls if c.node_id != 3]
+    assert strat._weight(3) == 0.0
+    assert math.fsum(strat._weight(n) for n in live) == pytest.approx(1.0)
+    whole = VirtualTransport(cls, durations(speeds), pull_toward(targets))  # a checkpoint while 3 is still in
+    Orchestrator(build(name, params), whole, stop=StopCondition(max_time=10.0), checkpoint_dir=tmp_path / "b",
+                 checkpoint_every=1).run(init)
+    first = ckpt.latest(tmp_path / "b")
+    again = build(name, params)
+    transport = VirtualTransport([c for c in cls if c.node_id != 3], durations(speeds), pull_toward(targets))
+    Orchestrator(again, transport, stop=StopCondition(max_time=21.0)).run(resume_from=first)
+    assert again._weight(3) == 0.0
+    assert math.fsum(again._weight(n) for n in live) == pytest.approx(1.0)
 
 
 def test_failed_tasks_reach_the_strategy_and_the_client_gets_new_work():

@@ -1,6 +1,8 @@
 """Run folders: fingerprints, another run's checkpoints, walking back over damaged files, leftovers, full disks."""
 
 import errno
+import os
+import signal
 import json
 import logging
 import re
@@ -301,3 +303,69 @@ def test_the_server_app_resumes_only_its_own_run_and_survives_a_full_disk(tmp_pa
     history = json.loads((tmp_path / "history.json").read_text())
     assert history["write_errors"]["status.json"] > 0 and history["write_errors"]["checkpoint"] > 0
     assert (tmp_path / "model.safetensors").exists() and list(tmp_path.glob(".*.tmp")) == []
+
+
+class _StoppingGrid:
+    """The echo grid; after ``after`` train replies it signals this process as Flower would: SIGTERM from an operator,
+    or ``flwr stop`` (Flower's retry sends the process SIGINT, and every later call of the run is refused)."""
+
+    def __init__(self, sig, after, refuse_after_signal):
+        self.inner, self.sig, self.after, self.refuse = _echo_grid(), sig, after, refuse_after_signal
+        self.trains = 0
+        self.signalled = False
+        self.pushed_after_signal = 0
+
+    def _check(self):
+        if self.signalled and self.refuse:
+            raise RuntimeError("StatusCode.UNAUTHENTICATED: the run was stopped")  # what flwr's retry gives up with
+
+    def get_node_ids(self):
+        self._check()
+        return self.inner.get_node_ids()
+
+    def push_messages(self, msgs):
+        self._check()
+        msgs = list(msgs)
+        self.pushed_after_signal += len(msgs) if self.signalled else 0
+        return self.inner.push_messages(msgs)
+
+    def pull_messages(self, ids):
+        self._check()
+        out = self.inner.pull_messages(ids)
+        self.trains += sum(1 for m in out if "arrays" in m.content)
+        if self.trains >= self.after and not self.signalled:
+            self.signalled = True
+            os.kill(os.getpid(), self.sig)  # handled in this (the main) thread before the next bytecode
+        return out
+
+
+@pytest.mark.parametrize("sig, refuse", [(signal.SIGTERM, False), (signal.SIGINT, True)], ids=["sigterm", "flwr_stop"])
+def test_sigterm_and_flwr_stop_write_a_final_checkpoint_then_exit_as_flower_would(tmp_path, flower_identity, sig,
+                                                                                 refuse):
+    got = []
+
+    def flowers_handler(signum, frame):  # Flower's: log, run the exit handlers, sys.exit
+        got.append(signum)
+        raise SystemExit(0)
+
+    previous = signal.signal(sig, flowers_handler)
+    grid = _StoppingGrid(sig, after=7, refuse_after_signal=refuse)
+    try:
+        with pytest.raises(SystemExit):
+            server_app.run(grid, _config(tmp_path, **{"max-versions": 10_000, "checkpoint-every": 10_000}))
+        assert signal.getsignal(sig) is flowers_handler  # put back
+    finally:
+        signal.signal(sig, previous)
+    assert got == [sig]  # handed on once, after the files were written
+    status = json.loads((tmp_path / "status.json").read_text())
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert status["state"] == "stopped"
+    final = history["final"]
+    # (the signal came inside a pull: the replies of that pull are dropped, their tasks fail on resume)
+    assert final["stop_reason"] == f"signal_{signal.Signals(sig).name}" and final["version"] >= 5
+    newest = ckpt.latest(tmp_path / "checkpoints")
+    assert newest.name == f"ckpt-{final['version']:010d}.npz"  # the final checkpoint holds the last version
+    assert (tmp_path / "model.safetensors").exists()
+    assert grid.pushed_after_signal <= 2  # at most the tasks of the event being handled, none after it
+    resumed = server_app.run(_echo_grid(), _config(tmp_path, resume=True, **{"max-versions": final["version"] + 2}))
+    assert resumed.final["version"] == final["version"] + 2
