@@ -1,16 +1,22 @@
-"""The fault benchmark (issue 14): hostile replies at three depths, the invariants counted, ``faults.json``.
+"""The fault benchmark (issue 14): hostile replies at three depths, process faults, the invariants counted.
 
 1. in-process: the real engine and every strategy, a scripted fleet whose hostile clients send every mutation of
    ``fedhive.faults.mutations`` (``hostile_inprocess``);
 2. Flower messages: the hostile ClientApp's replies (real Flower ``Message``/record objects) through
    ``GridTransport`` and the engine, SuperLink left out (``hostile_flower_messages``);
 3. real SuperNodes: ``flower-superlink`` + ``flower-supernode`` processes on loopback, hostile and honest nodes
-   running ``fedhive.faults.hostile_client`` under fedhive's server app (``hostile_replies``).
+   running ``fedhive.faults.hostile_client`` under fedhive's server app (``hostile_replies``);
+4. process faults: a FedAsync run on real processes (SuperLink, ``fedhive agent``s, ServerApp) under the "submit or
+   resume" supervisor of ``fedhive up``, with agents, the ServerApp and the SuperLink SIGKILLed during it
+   (``agent_kills``, ``server_restarts``, ``superlink_restarts``, ``detection_seconds``), then the same run without
+   faults on the same cluster (``accuracy`` against ``accuracy_fault_free``).
 
-    .venv/bin/python benchmarks/faults.py [--inprocess 100000] [--flower 2000] [--supernode 100]
+    .venv/bin/python benchmarks/faults.py [--inprocess 100000] [--flower 2000] [--supernode 1000]
+        [--chaos-updates 240 --agents 5 --agent-kills 24 --server-kills 2 --superlink-kills 1]
 
-Not measured yet (the keys are written as null and listed under ``not_measured``): agent SIGKILLs, ServerApp and
-SuperLink restarts with automatic resume, accuracy against a fault-free run, detection latency per fault kind.
+Writes ``benchmarks/results/faults.json``. Detection of an agent SIGKILL is the time until the server fails a task
+(Flower reports the node gone, or its task times out), matched in kill order; of a ServerApp or SuperLink SIGKILL,
+the time until the supervisor resubmits the run.
 """
 
 from __future__ import annotations
@@ -93,9 +99,6 @@ def run_flower(per_strategy: int, progress: Progress) -> dict:
 def _supernode(replies: int, hostile_nodes: int, progress: Progress) -> dict:
     from fedhive.localcluster import LocalCluster
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "faults"))
-    from test_hostile_supernode import _app
-
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         logs = tmp / "hostile"
@@ -108,17 +111,23 @@ def _supernode(replies: int, hostile_nodes: int, progress: Progress) -> dict:
             for _ in range(hostile_nodes):
                 cluster.add_supernode({"hostile": 1, "log-dir": str(logs)})
             run_dir = tmp / "run"
-            honest = max(4, replies // hostile_nodes)
             task = progress.add_task("hostile replies on real SuperNodes", total=replies)
             run_id = cluster.submit({"strategy": "fedasync", "task": "synthetic", "min-clients": hostile_nodes + 1,
-                                     "max-updates": honest, "max-time": 3600.0, "eval-interval": 10.0,
-                                     "run-dir": str(run_dir)}, app_dir=_app(tmp / "app"))
+                                     "max-updates": 10_000_000, "max-time": 7200.0, "eval-interval": 10.0,
+                                     "run-dir": str(run_dir)}, app_dir=H.write_app(tmp / "app"))
+            stopped: list[int] = []
 
             def sent() -> list[list[str]]:
                 return [ln.split() for f in logs.glob("*.log") for ln in f.read_text().splitlines()
                         if ln.startswith("train")]
-            st = cluster.wait_status(run_dir, run_id=run_id, timeout=3600,
-                                     on_status=lambda s: progress.update(task, completed=len(sent())))
+
+            def on_status(s: dict) -> None:
+                n = len(sent())
+                progress.update(task, completed=n)
+                if n >= replies and not stopped:  # enough: flwr stop (the run ends cleanly, state "stopped")
+                    stopped.append(n)
+                    cluster.stop_run(run_id)
+            st = cluster.wait_status(run_dir, run_id=run_id, timeout=7200, on_status=on_status)
             lines = sent()
             h = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else {}
         finally:
@@ -126,17 +135,154 @@ def _supernode(replies: int, hostile_nodes: int, progress: Progress) -> dict:
         harmful = sum(1 for _, _, k in lines if k not in H.MAY_APPLY)
         c = h.get("counters", {})
         return {"hostile": len(lines), "harmful": harmful, "rejected": c.get("rejected", 0),
-                "state": st.get("state"), "crashes": int(st.get("state") != "finished"),
+                "state": st.get("state"), "crashes": int(st.get("state") not in ("finished", "stopped")),
                 "client_updates": h.get("final", {}).get("client_updates"), "seconds": time.monotonic() - t0,
                 "counters": c, "hostile_nodes": hostile_nodes}
+
+
+FAILURE_KINDS = ("node_lost", "timeout", "client_crashed", "client_error")
+
+
+def _chaos(updates: int, agents: int, agent_kills: int, server_kills: int, superlink_kills: int,
+           progress: Progress, seed: int = 5) -> dict:
+    """One FedAsync run on real processes (SuperLink, ``fedhive agent`` x ``agents``, ServerApp) under
+    ``LocalCluster.supervise`` ("submit or resume", what ``fedhive up`` runs), with the faults spread over its
+    ``updates``: ``agent_kills`` SIGKILLs of a random agent's whole process tree (agent, SuperNode, worker,
+    ClientApp; started again at once, as systemd would), ``server_kills`` ServerApp SIGKILLs and ``superlink_kills``
+    SuperLink SIGKILLs (both resumed by the supervisor). Then the same run without faults on the same cluster."""
+    import os
+    import random
+    import signal
+
+    from fedhive.engine import checkpoint as ckpt
+    from fedhive.localcluster import LocalCluster
+
+    rng = random.Random(seed)
+    plan = [(round(updates * (0.05 + 0.9 * k / max(agent_kills - 1, 1))), "agent") for k in range(agent_kills)]
+    plan += [(round(updates * f), "server_app") for f in (0.3, 0.55, 0.7, 0.85)[:server_kills]]
+    plan += [(round(updates * f), "superlink") for f in (0.8, 0.9, 0.95)[:superlink_kills]]
+    plan.sort(key=lambda x: (x[0], x[1] != "agent"))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cluster = LocalCluster(tmp / "c", emulate="none", data_dir=tmp / "data")
+        base = {"strategy": "fedasync", "task": "synthetic", "local-steps": 20, "min-clients": 2,
+                "wait-clients": 180.0, "max-updates": updates, "max-time": 7200.0, "eval-interval": 10.0,
+                "checkpoint-every": 1, "seed": 1}
+        agent_procs: dict[int, object] = {}
+        done: list[tuple[str, float]] = []  # (kind, monotonic time of the kill)
+        failures_at: list[float] = []  # when the server's count of failed tasks went up
+        restarts: list[float] = []
+        versions: list[int] = []
+        fails_by_pid: dict[int, int] = {}
+        task = progress.add_task("faults on real processes", total=updates)
+        t0 = time.monotonic()
+        try:
+            cluster.start_superlink()
+            for i in range(agents):
+                agent_procs[i] = cluster.add_agent("cpu", i, agents)
+
+            def kill_agent(i: int) -> None:
+                proc = agent_procs[i]
+                pid_file = cluster.run_dir / "agents" / f"agent{proc.name.split('-')[0][5:]}" / "supernode.pid"
+                cluster.stop(proc, signal.SIGKILL)
+                try:
+                    cluster.stop_pgid(int(pid_file.read_text()), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
+                agent_procs[i] = cluster.add_agent("cpu", i, agents)
+
+            def on_status(st: dict) -> None:
+                if st.get("state") != "running":
+                    return
+                now = time.monotonic()
+                versions.append(int(st.get("version", 0)))
+                pid = int(st.get("pid", 0))
+                fails = sum(int(v) for k, v in st.get("failures", {}).items() if k in FAILURE_KINDS)
+                failures_at.extend([now] * max(0, fails - fails_by_pid.get(pid, 0)))
+                fails_by_pid[pid] = max(fails, fails_by_pid.get(pid, 0))
+                n = int(st.get("client_updates", 0))
+                progress.update(task, completed=n)
+                while plan and n >= plan[0][0] and ckpt.checkpoints(Path(base_dir) / "checkpoints"):
+                    _, kind = plan.pop(0)
+                    done.append((kind, now))
+                    if kind == "agent":
+                        kill_agent(rng.randrange(agents))
+                        continue
+                    if kind == "server_app":
+                        os.kill(pid, signal.SIGKILL)
+                    else:
+                        cluster.stop(cluster.superlink, signal.SIGKILL)
+                    return  # the run is lost: the next fault waits for the resumed run
+
+            base_dir = tmp / "chaos"
+            st, n_restarts = cluster.supervise({**base, "run-dir": str(base_dir)}, timeout=7200,
+                                               max_restarts=server_kills + superlink_kills + 3, on_status=on_status,
+                                               on_restart=lambda k, s: restarts.append(time.monotonic()))
+            chaos_seconds = time.monotonic() - t0
+            h = json.loads((base_dir / "history.json").read_text()) if (base_dir / "history.json").exists() else {}
+            progress.update(task, description="the same run without faults", completed=0)
+            clean_dir = tmp / "clean"
+            t1 = time.monotonic()
+            st_clean, _ = cluster.supervise({**base, "run-dir": str(clean_dir)}, timeout=7200, max_restarts=0,
+                                            on_status=lambda s: progress.update(task, completed=s.get(
+                                                "client_updates", 0)))
+            clean_seconds = time.monotonic() - t1
+            hc = json.loads((clean_dir / "history.json").read_text()) if (clean_dir / "history.json").exists() \
+                else {}
+        finally:
+            cluster.close()
+    # Detection: a killed agent's task is failed by the server (Flower reports the node gone); matched in order.
+    agent_kill_times = [t for k, t in done if k == "agent"]
+    detect_agent = [round(f - k, 1) for k, f in zip(agent_kill_times, [f for f in failures_at
+                                                                        if f >= agent_kill_times[0]])] \
+        if agent_kill_times else []
+    lost = [(k, t) for k, t in done if k != "agent"]
+    detect_lost: dict[str, list[float]] = {}
+    for (kind, t), r in zip(lost, restarts):
+        detect_lost.setdefault(kind, []).append(round(r - t, 1))
+    c = h.get("counters", {})
+    final, final_clean = h.get("final", {}), hc.get("final", {})
+    return {
+        "agent_kills": sum(1 for k, _ in done if k == "agent"),
+        "server_restarts": sum(1 for k, _ in done if k == "server_app"),
+        "superlink_restarts": sum(1 for k, _ in done if k == "superlink"),
+        "restarts_by_supervisor": n_restarts,
+        "state": st.get("state"), "state_fault_free": st_clean.get("state"),
+        "crashes": int(st.get("state") != "finished") + int(st_clean.get("state") != "finished"),
+        # FedAsync makes one version per applied update: across every resume, versions == applied updates.
+        "applied_twice": max(0, int(c.get("update_applied", 0)) - int(final.get("version", 0))),
+        "replies_of_ended_tasks_refused": int(c.get("rejected_unknown_task", 0)) + int(c.get("rejected_duplicate", 0)),
+        "versions_went_back": sum(1 for a, b in zip(versions, versions[1:]) if b < a),
+        "accuracy": final.get("accuracy"), "accuracy_fault_free": final_clean.get("accuracy"),
+        "client_updates": final.get("client_updates"), "client_updates_fault_free": final_clean.get("client_updates"),
+        "seconds": round(chaos_seconds, 1), "seconds_fault_free": round(clean_seconds, 1),
+        "detection_seconds": {
+            "agent_sigkill": _spread(detect_agent),
+            **{f"{k}_sigkill": _spread(v) for k, v in detect_lost.items()},
+        },
+        "counters": c,
+    }
+
+
+def _spread(xs: list[float]) -> dict | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return {"n": len(xs), "median": xs[len(xs) // 2], "max": xs[-1], "min": xs[0]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--inprocess", type=int, default=100_000, help="hostile replies in-process, all strategies")
     ap.add_argument("--flower", type=int, default=2_000, help="hostile Flower messages per strategy (4 strategies)")
-    ap.add_argument("--supernode", type=int, default=100, help="hostile replies on real SuperNodes (0: skip)")
-    ap.add_argument("--hostile-nodes", type=int, default=3)
+    ap.add_argument("--supernode", type=int, default=1_000, help="hostile replies on real SuperNodes (0: skip)")
+    ap.add_argument("--hostile-nodes", type=int, default=8, help="hostile SuperNodes (one honest node beside them)")
+    ap.add_argument("--chaos-updates", type=int, default=240,
+                    help="length (client updates) of the run with process faults, and of its fault-free twin (0: skip)")
+    ap.add_argument("--agents", type=int, default=5)
+    ap.add_argument("--agent-kills", type=int, default=24)
+    ap.add_argument("--server-kills", type=int, default=2)
+    ap.add_argument("--superlink-kills", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/faults.json")
     args = ap.parse_args()
     import logging
@@ -147,20 +293,24 @@ def main() -> None:
         ip = run_inprocess(args.inprocess, progress)
         fl = run_flower(args.flower, progress)
         sn = _supernode(args.supernode, args.hostile_nodes, progress) if args.supernode else None
+        ch = _chaos(args.chaos_updates, args.agents, args.agent_kills, args.server_kills, args.superlink_kills,
+                    progress) if args.chaos_updates else None
     rows_ip, rows_fl = ip["by_strategy"], fl["by_strategy"]
-    crashes = sum(r["crashes"] for r in rows_ip) + sum(r["crashes"] for r in rows_fl) + (sn["crashes"] if sn else 0)
+    crashes = sum(r["crashes"] for r in rows_ip) + sum(r["crashes"] for r in rows_fl) + (sn["crashes"] if sn else 0) \
+        + (ch["crashes"] if ch else 0)
+    measured = {k: ch[k] for k in NOT_MEASURED} if ch else {k: None for k in NOT_MEASURED}
     result = {
         "hostile_inprocess": ip["hostile"],
         "hostile_flower_messages": fl["hostile"],
         "hostile_replies": sn["hostile"] if sn else 0,
         "crashes": crashes,
-        "applied_twice": sum(r["applied_twice"] for r in rows_ip),
+        "applied_twice": sum(r["applied_twice"] for r in rows_ip) + (ch["applied_twice"] if ch else 0),
         "model_changes_from_rejected": sum(r["model_changes_from_rejected"] for r in rows_ip + rows_fl),
         "malformed_taken": sum(r["accepted_malformed"] for r in rows_ip) + sum(r["malformed_taken"] for r in rows_fl),
         "non_finite_models": sum(r["non_finite_models"] for r in rows_ip + rows_fl),
-        **{k: None for k in NOT_MEASURED},
-        "not_measured": NOT_MEASURED,
-        "inprocess": rows_ip, "flower_messages": rows_fl, "supernode": sn,
+        **measured,
+        "not_measured": [] if ch else NOT_MEASURED,
+        "inprocess": rows_ip, "flower_messages": rows_fl, "supernode": sn, "chaos": ch,
     }
     table = Table("figure", "value")
     for k in ("hostile_inprocess", "hostile_flower_messages", "hostile_replies", "crashes", "applied_twice",
@@ -168,7 +318,17 @@ def main() -> None:
         table.add_row(k, f"{result[k]:,}")
     if sn:
         table.add_row("real SuperNodes: rejected / harmful sent", f"{sn['rejected']:,} / {sn['harmful']:,}")
-    table.add_row("not measured yet", ", ".join(NOT_MEASURED))
+    if ch:
+        table.add_row("agent SIGKILLs / ServerApp SIGKILLs / SuperLink SIGKILLs (all resumed)",
+                      f"{ch['agent_kills']} / {ch['server_restarts']} / {ch['superlink_restarts']}")
+        table.add_row("accuracy with faults / fault-free (same number of updates)",
+                      f"{ch['accuracy']} / {ch['accuracy_fault_free']}")
+        table.add_row("versions went back", str(ch["versions_went_back"]))
+        for kind, d in ch["detection_seconds"].items():
+            if d:
+                table.add_row(f"detection, {kind} (s)", f"median {d['median']}, max {d['max']} (n={d['n']})")
+    else:
+        table.add_row("not measured", ", ".join(NOT_MEASURED))
     console.print(table)
     save(console, args.out, [result])
 

@@ -121,6 +121,36 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _submit(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    from flwr.common.config import parse_config_args
+
+    from fedhive.localcluster import APP_DIR, LocalCluster
+    from fedhive.server.settings import RunSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = dict(parse_config_args([args.run_config]))
+    except Exception as exc:  # noqa: BLE001 - Flower's parser raises several kinds
+        raise SystemExit(f"--run-config: {exc}; give 'key=value key=value' as flwr run takes it, strings quoted "
+                         f"('strategy=\\'fedasync\\' run-dir=\\'/state/runs/a\\'')") from exc
+    RunSettings.from_config({k: v for k, v in config.items()})  # every key and value checked before anything starts
+    if not config.get("run-dir"):
+        raise SystemExit("--run-config must name run-dir (a folder this command can read: it follows the run's "
+                         "status.json there and resumes from its checkpoints)")
+    flwr_home = args.flwr_home or os.environ.get("FLWR_HOME") or str(Path.home() / ".flwr")
+    cluster = LocalCluster.attach(args.work_dir, flwr_home, args.connection)
+    status, restarts = cluster.supervise(config, app_dir=args.app or APP_DIR,
+                                         timeout=args.timeout if args.timeout > 0 else 10 * 365 * 86400.0,
+                                         max_restarts=args.max_restarts)
+    state = status.get("state")
+    print(json.dumps({"state": state, "restarts": restarts, "lost": status.get("lost"),
+                      "version": status.get("version"), "client_updates": status.get("client_updates")}))
+    return 0 if state in ("finished", "stopped") else 1
+
+
 def _agent(args: argparse.Namespace) -> int:
     import logging
 
@@ -221,6 +251,21 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--max-restarts", type=int, default=3, help="times a run lost to a killed ServerApp or "
                    "SuperLink is resumed from its newest checkpoint (default 3; 0: never)")
     u.set_defaults(func=_up)
+
+    s = sub.add_parser("submit", help="submit a run to a running SuperLink, or resume it; resubmit it when lost",
+                       description="Submit or resume: a run whose run-dir holds a checkpoint of the same run that did "
+                       "not finish is resumed (resume=true), else a new run starts; a run lost to a killed ServerApp "
+                       "or a restarted SuperLink is submitted again with resume=true. Exit code 0 when the run "
+                       "finished or was stopped (flwr stop), 1 when it failed.")
+    s.add_argument("app", nargs="?", default=None, help="the Flower app folder (default: fedhive's own app)")
+    s.add_argument("--connection", required=True, help="a [superlink.NAME] connection in $FLWR_HOME/config.toml")
+    s.add_argument("--flwr-home", default="", help="Flower's config folder (default $FLWR_HOME, else ~/.flwr)")
+    s.add_argument("--run-config", required=True, help="'key=value ...' as flwr run --run-config takes it; must "
+                   "name a run-dir this command can read")
+    s.add_argument("--max-restarts", type=int, default=3, help="resubmissions of a lost run (default 3)")
+    s.add_argument("--timeout", type=float, default=0.0, help="give up after this many seconds (default 0: never)")
+    s.add_argument("--work-dir", default=".fedhive-submit", help="folder for this command's logs")
+    s.set_defaults(func=_submit)
 
     a = sub.add_parser("agent", help="run on a device: profile it and serve Flower's SuperNode")
     a.add_argument("--superlink", default="127.0.0.1:8000", help="the SuperLink's address HOST:PORT (its one port)")

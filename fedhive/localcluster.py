@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from fedhive.runconfig import STOP_GRACE
 from fedhive.client.agent import flower_command, flower_env, node_config_string, signal_group
-from fedhive.runconfig import format_run_config
+from fedhive.runconfig import HEARTBEAT_FILE, STOP_GRACE, format_run_config
 
 log = logging.getLogger("fedhive.cluster")
 
@@ -168,17 +167,21 @@ class LocalCluster:
         The SuperLink's port on 127.0.0.1 (default: a free one).
     emulate
         ``"auto"`` (cgroup quota if writable, else slowdown), ``"cgroup"``, ``"slowdown"`` or ``"none"``.
+    host
+        The address the SuperLink binds (default ``127.0.0.1``; a test's private network, e.g. the host side of
+        :class:`fedhive.faults.netns.Netns`, for nodes in another network namespace).
     """
 
     def __init__(self, run_dir: str | Path, *, port: int | None = None, emulate: str = "auto",
-                 data_dir: str | Path | None = None) -> None:
+                 data_dir: str | Path | None = None, host: str = "127.0.0.1") -> None:
         if emulate not in ("auto", "cgroup", "slowdown", "none"):
             raise ValueError(f"emulate must be auto, cgroup, slowdown or none, got {emulate!r}")
         self.run_dir = Path(run_dir).resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(exist_ok=True)
         self.port = port or free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.host = host
+        self.address = f"{host}:{self.port}"
         self.flwr_home = self.run_dir / "flwr"
         self.flwr_home.mkdir(exist_ok=True)
         (self.flwr_home / "config.toml").write_text(
@@ -198,7 +201,32 @@ class LocalCluster:
         self.emulation = "cgroup" if self.cgroups else ("none" if emulate == "none" else "slowdown")
         self._agents = 0
         self.superlink: Proc | None = None
+        self.connection = "up"  # the SuperLink connection in flwr_home/config.toml that flwr commands use
+        self.same_host = True  # ServerApp pids in status.json are this host's (see attach)
         self.env = flower_env({"FLWR_HOME": str(self.flwr_home)})
+
+    @classmethod
+    def attach(cls, work_dir: str | Path, flwr_home: str | Path, connection: str) -> "LocalCluster":
+        """A cluster this process did not start (e.g. compose's): ``submit``, ``wait_status`` and ``supervise`` go to
+        the SuperLink named ``connection`` in ``flwr_home/config.toml``; nothing is started or stopped, and the
+        ServerApp's pid in ``status.json`` (another host's or container's) is not watched: a lost run is noticed
+        through Flower's run status. ``work_dir`` takes the logs."""
+        flwr_home = Path(flwr_home)
+        config = flwr_home / "config.toml"
+        if not config.is_file():
+            raise FileNotFoundError(f"{config} does not exist: FLWR_HOME must hold Flower's config.toml with the "
+                                    f"connection {connection!r} (see deploy/flwr/config.toml)")
+        if f"[superlink.{connection}]" not in config.read_text(errors="replace"):
+            raise ValueError(f"{config} has no [superlink.{connection}] section: name one of its connections")
+        self = cls.__new__(cls)
+        self.run_dir = Path(work_dir).resolve()
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.port, self.address = 0, ""
+        self.flwr_home, self.connection, self.same_host = flwr_home, connection, False
+        self.data_dir, self.procs, self.server_pids, self.cgroups = None, [], set(), None
+        self.emulation, self._agents, self.superlink = "none", 0, None
+        self.env = flower_env({"FLWR_HOME": str(flwr_home)})
+        return self
 
     # ------------------------------------------------------------------ processes
     def _spawn(self, name: str, cmd: list[str], *, cgroup: Path | None = None, device_class: str = "",
@@ -217,7 +245,7 @@ class LocalCluster:
         return proc
 
     def start_superlink(self, timeout: float = 60.0) -> Proc:
-        cmd = [flower_command("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
+        cmd = [flower_command("flower-superlink"), "--insecure", "--host", self.host, "--port", str(self.port),
                "--database", str(self.run_dir / "state.db")]
         proc = self._spawn("superlink", cmd)
         self.superlink = proc
@@ -237,8 +265,10 @@ class LocalCluster:
         raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
     def add_agent(self, device_class: str, partition_id: int, num_partitions: int, *, worker: bool = True,
-                  quota: float | None | str = "class", extra: list[str] | None = None) -> Proc:
-        """Start ``fedhive agent`` emulating ``device_class`` (CPU quota from :data:`CPU_QUOTAS` by default)."""
+                  quota: float | None | str = "class", extra: list[str] | None = None,
+                  prefix: Sequence[str] = ()) -> Proc:
+        """Start ``fedhive agent`` emulating ``device_class`` (CPU quota from :data:`CPU_QUOTAS` by default);
+        ``prefix`` goes before the command (e.g. ``ip netns exec NS``: the agent in another network namespace)."""
         i = self._agents
         self._agents += 1
         cores = CPU_QUOTAS.get(device_class) if quota == "class" else quota
@@ -256,7 +286,7 @@ class LocalCluster:
             cmd += ["--data-dir", str(self.data_dir)]
         if not worker:
             cmd.append("--no-worker")
-        cmd += list(extra or [])
+        cmd = list(prefix) + cmd + list(extra or [])
         return self._spawn(f"agent{i}-{device_class}", cmd, cgroup=cgroup, device_class=device_class)
 
     def add_supernode(self, node_config: Mapping[str, Any], name: str | None = None) -> Proc:
@@ -282,7 +312,7 @@ class LocalCluster:
 
     def submit(self, run_config: Mapping[str, Any], app_dir: str | Path = APP_DIR) -> int:
         """``flwr run`` the app with ``run_config``; returns the Flower run id."""
-        res = self.flwr("run", str(app_dir), "up", "--format", "json", "--run-config",
+        res = self.flwr("run", str(app_dir), self.connection, "--format", "json", "--run-config",
                         format_run_config(run_config))
         try:
             text = res.stdout
@@ -295,7 +325,7 @@ class LocalCluster:
 
     def run_status(self, run_id: int) -> str:
         """Flower's status of ``run_id`` (e.g. ``running``, ``finished:completed``, ``finished:failed``)."""
-        res = self.flwr("ls", "up", "--run-id", str(run_id), "--format", "json", timeout=60)
+        res = self.flwr("ls", self.connection, "--run-id", str(run_id), "--format", "json", timeout=60)
         try:
             runs = json.loads(res.stdout).get("runs", [])
         except json.JSONDecodeError:
@@ -306,7 +336,7 @@ class LocalCluster:
         return "unknown"
 
     def stop_run(self, run_id: int) -> None:
-        self.flwr("stop", str(run_id), "up", timeout=60)
+        self.flwr("stop", str(run_id), self.connection, timeout=60)
 
     def wait_status(self, run_dir: str | Path, states: tuple[str, ...] = ("finished", "failed", "stopped"), timeout: float = 600,
                     run_id: int | None = None, poll: float = 1.0, on_status=None,
@@ -314,11 +344,12 @@ class LocalCluster:
         """Wait until ``run_dir/status.json`` says one of ``states`` (or the run is lost).
 
         A run is lost, and reported as ``failed`` with a ``lost`` reason, when Flower says it ended without the server
-        app saying so (``flower_status``), when the SuperLink process this cluster started has exited
-        (``superlink``), or when the ServerApp process named in ``status.json`` is gone while it says ``running``
-        (``server_app``; this machine only, and only for a ``status.json`` written since this wait began). A
-        ``status.json`` written by one of ``stale_pids`` (an earlier attempt's
-        ServerApp) counts as none yet.
+        app saying so (``flower_status``; a ServerApp still alive gets ``STOP_GRACE`` seconds to write its final
+        files), when the SuperLink process this cluster started has exited (``superlink``), or when the ServerApp is
+        gone while ``status.json`` says ``running`` (``server_app``): on this machine, its pid named there has exited
+        (only for a ``status.json`` written since this wait began); for a cluster made by :meth:`attach` (another
+        host's ServerApp), the run folder's heartbeat file, touched every 2 s by the ServerApp, is 10 s old. A
+        ``status.json`` written by one of ``stale_pids`` (an earlier attempt's ServerApp) counts as none yet.
         """
         path = Path(run_dir) / "status.json"
         end = time.monotonic() + timeout
@@ -330,7 +361,7 @@ class LocalCluster:
             status = _read_status(path)
             if status.get("pid") in stale_pids:
                 status = {}
-            if isinstance(status.get("pid"), int):
+            if isinstance(status.get("pid"), int) and self.same_host:
                 self.server_pids.add(status["pid"])
             if on_status is not None and status:
                 on_status(status)
@@ -338,7 +369,14 @@ class LocalCluster:
                 return status
             if self.superlink is not None and not self.superlink.alive():
                 return {**status, "state": "failed", "lost": "superlink"}
-            pid = status.get("pid")
+            pid = status.get("pid") if self.same_host else None
+            beat = _mtime(Path(run_dir) / HEARTBEAT_FILE)  # fedhive.server.app touches it every 2 s
+            if not self.same_host and status.get("state") == "running" and started <= beat < time.time() - 10.0:
+                time.sleep(0.5)  # another host's ServerApp stopped beating: it is gone (unless it just finished)
+                again = _read_status(path)
+                if again.get("state") in states:
+                    return again
+                return {**status, "state": "failed", "lost": "server_app"}
             if status.get("state") == "running" and isinstance(pid, int) and not _pid_alive(pid) \
                     and _mtime(path) >= started:  # (an older status.json: a ServerApp that died before this wait)
                 time.sleep(0.5)
@@ -351,7 +389,10 @@ class LocalCluster:
                 flower_state = self.run_status(run_id) if flower_done is None else "finished"
                 if flower_state.startswith("finished"):
                     flower_done = flower_done or time.monotonic()
-                    alive = isinstance(pid, int) and _pid_alive(pid)
+                    if self.same_host:
+                        alive = isinstance(pid, int) and _pid_alive(pid)
+                    else:  # another host's ServerApp: alive while it keeps writing status.json (about once a second)
+                        alive = time.time() - _mtime(path) < 15.0
                     # A ServerApp still alive may be writing its final files (``flwr stop``: Flower says "finished"
                     # at once; the server app needs a few seconds to write its checkpoint, up to STOP_GRACE).
                     if not alive or time.monotonic() - flower_done > STOP_GRACE + 5.0:
@@ -367,7 +408,9 @@ class LocalCluster:
                   max_restarts: int = 3, on_status=None, on_restart=None) -> tuple[dict[str, Any], int]:
         """Submit the run and see it through: "submit or resume".
 
-        When the run is lost (the ServerApp killed, the SuperLink gone, Flower failing it) and its run folder holds
+        A run config that does not set ``resume`` continues the run in its ``run-dir`` when that folder holds a
+        checkpoint of the same run that did not finish (:func:`resumable`); else it starts a new run (which moves
+        other checkpoints there aside). When the run is lost (the ServerApp killed, the SuperLink gone, Flower failing it) and its run folder holds
         a checkpoint, start the SuperLink again if it exited (same ``--database``: the SuperNodes reconnect with
         their node ids) and submit the same run config with ``resume=true``, up to ``max_restarts`` times. A run
         the server app itself reports as ``failed`` (bad settings, a crash it caught) is not retried. Returns the
@@ -375,11 +418,17 @@ class LocalCluster:
         """
         run_dir = Path(str(run_config["run-dir"]))
         config = dict(run_config)
+        if "resume" not in config:
+            found = resumable(run_dir, config)
+            config["resume"] = found is not None
+            if found is not None:
+                log.warning("%s holds an unfinished run with this run config: resuming it from %s (set resume=false "
+                            "for a new run)", run_dir, found.name)
         stale: list[int] = []
         restarts = 0
         end = time.monotonic() + timeout
         while True:
-            run_id = self.submit(config, app_dir=app_dir)
+            run_id = self._submit_retrying(config, app_dir, end)
             status = self.wait_status(run_dir, run_id=run_id, timeout=max(1.0, end - time.monotonic()),
                                       on_status=on_status, stale_pids=stale)
             if status.get("state") == "finished" or not status.get("lost"):
@@ -404,6 +453,17 @@ class LocalCluster:
                 except Exception:  # noqa: BLE001 - it may be gone already
                     pass
             config = {**config, "resume": True}
+
+    def _submit_retrying(self, config: Mapping[str, Any], app_dir: str | Path, end: float) -> int:
+        """``submit``, retried every 5 s while the SuperLink does not take it (restarting) and time remains."""
+        while True:
+            try:
+                return self.submit(config, app_dir=app_dir)
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                if time.monotonic() + 5.0 >= end:
+                    raise
+                log.warning("submitting failed (%s); retrying in 5 s", str(exc)[:300])
+                time.sleep(5.0)
 
     # ------------------------------------------------------------------ shutdown
     def _groups(self) -> list[int]:
@@ -464,6 +524,35 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def resumable(run_dir: str | Path, run_config: Mapping[str, Any]) -> Path | None:
+    """The newest checkpoint in ``run_dir/checkpoints`` that this run config would continue, or ``None``.
+
+    A checkpoint qualifies when its fingerprint names the same task, seed, partitioning and strategy as
+    ``run_config`` (the ServerApp checks the rest, tensors and strategy config, when it resumes) and the run did not
+    finish (``status.json`` does not say ``finished``: a finished run is not resumed, a new submit starts a new run;
+    ``failed``, ``stopped`` or a lost ``running`` one is). Unreadable checkpoints are skipped.
+    """
+    from fedhive.engine import checkpoint as ckpt
+    from fedhive.server.settings import RunSettings
+
+    run_dir = Path(run_dir)
+    if _read_status(run_dir / "status.json").get("state") == "finished":
+        return None
+    settings = RunSettings.from_config({k: v for k, v in run_config.items() if k != "resume"})
+    want = ckpt.normalize_fingerprint({
+        "task": settings["task"], "seed": settings["seed"], "strategy": settings["strategy"],
+        "partitioning": {"num_partitions": settings["num-partitions"], "partition": settings["partition"],
+                         "alpha": settings["alpha"]}})
+    for path in reversed(ckpt.checkpoints(run_dir / "checkpoints")):
+        try:
+            fp = ckpt.fingerprint_of(path)
+        except ValueError:
+            continue
+        if fp is not None and all(fp.get(k) == v for k, v in want.items()):
+            return path
+    return None
 
 
 def _read_status(path: Path) -> dict[str, Any]:

@@ -23,6 +23,10 @@ from fedhive.strategies.params import parse_pairs
 #: and status before it exits anyway (``fedhive.server.app``); supervisors wait this long for those files.
 STOP_GRACE = 60.0
 
+#: File in the run folder a running ServerApp touches every 2 s: a watcher that cannot see its pid (``fedhive submit``
+#: on another host or container) takes it as gone when the file is 10 s old.
+HEARTBEAT_FILE = "heartbeat"
+
 #: key -> (default, help)
 KEYS: dict[str, tuple[Any, str]] = {
     "run-name": ("fedhive", "name of the run; checkpoints of the same name are resumed with resume=true"),

@@ -27,7 +27,10 @@ if TYPE_CHECKING:  # for the annotations only; the runtime imports of Flower sta
 
 log = logging.getLogger("fedhive.clientapp")
 
-_PROFILE_KEYS = ("device-class", "arch", "cores", "memory-gb", "accelerator", "board", "cpu-quota", "slowdown")
+# Node config entries the profile reply carries. ``partition-id`` and ``num-partitions`` let a server that builds the
+# same partition (fedhive's ServerApp with ``num-partitions`` >= 1) weight this node by the size it knows, not a claim.
+_PROFILE_KEYS = ("device-class", "arch", "cores", "memory-gb", "accelerator", "board", "cpu-quota", "slowdown",
+                 "partition-id", "num-partitions")
 _local_trainer = None
 
 

@@ -23,6 +23,24 @@ from flwr.clientapp import ClientApp
 app = ClientApp()
 
 
+def write_app(dst: Path) -> Path:
+    """A Flower app folder at ``dst`` running this ClientApp under fedhive's server app (every run-config key
+    declared), for ``flwr run`` / ``LocalCluster.submit(app_dir=...)``."""
+    import json
+
+    from fedhive.runconfig import KEYS
+
+    dst.mkdir(parents=True)
+    lines = ['[build-system]', 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', '',
+             '[project]', 'name = "hostileapp"', 'version = "1.0.0"', '', '[tool.flwr.app]', 'publisher = "fedhive"',
+             '', '[tool.flwr.app.components]', 'serverapp = "fedhive.server.app:app"',
+             'clientapp = "fedhive.faults.hostile_client:app"', '', '[tool.flwr.app.config]']
+    lines += [f"{k} = {json.dumps(v)}" for k, (v, _) in KEYS.items()]
+    (dst / "pyproject.toml").write_text("\n".join(lines) + "\n")
+    (dst / "hostile_placeholder.py").write_text("# the ClientApp is fedhive.faults.hostile_client\n")
+    return dst
+
+
 def _arrays(msg: Message) -> "OrderedDict[str, np.ndarray]":
     rec = msg.content["arrays"]
     return OrderedDict((k, rec[k].numpy()) for k in rec.keys())

@@ -2,8 +2,10 @@
 
 ``main`` reads the run config (keys in :mod:`fedhive.server.settings`), builds the task, the strategy and the stop
 condition, waits for ``min-clients`` nodes, and runs the orchestrator over a :class:`GridTransport` until the stop
-condition. It checkpoints into ``run-dir/checkpoints`` and, with ``resume=true``, continues from the newest
-checkpoint there. For FedASMU it also runs the model store (gRPC) and tells the devices where it is.
+condition. With ``num-partitions`` >= 1 it builds the devices' partition too and weights each fedhive node by the size
+of the partition its profile names, not by the node's claim (see :class:`GridTransport`'s ``partition_sizes``). It
+checkpoints into ``run-dir/checkpoints`` and, with ``resume=true``, continues from the newest checkpoint there. For
+FedASMU it also runs the model store (gRPC) and tells the devices where it is.
 
 The run folder receives ``status.json`` (rewritten about once a second while running; ``fedhive up`` shows it),
 ``history.json`` (``{"history": [...], "final": {...}}``, time in wall seconds, the same shape as ``fedhive sim``'s
@@ -44,7 +46,7 @@ from fedhive.engine import Fanout, Observer, Orchestrator, RunResult, StopCondit
 from fedhive.engine import checkpoint as ckpt
 from fedhive.engine.build import strategy_for_task
 from fedhive.proto.modelfile import contiguous
-from fedhive.runconfig import STOP_GRACE
+from fedhive.runconfig import HEARTBEAT_FILE, STOP_GRACE
 from fedhive.strategies.base import ClientInfo, Outcome, Strategy, Task, Update
 
 from .grid_transport import GridInterrupted, GridTransport
@@ -189,6 +191,9 @@ class RunStatus(Observer):
             "in_flight": self.transport.in_flight,
             "failures": dict(self.failures_by_reason),
             "rejected": dict(self.rejected),
+            # what nodes sent that the edge refused or corrected (fedhive.server.grid_transport)
+            "profile_rejections": dict(getattr(self.transport, "profile_rejections", {})),
+            "metric_rejections": dict(getattr(self.transport, "metric_rejections", {})),
             "write_errors": self.all_write_errors(),
             "pid": os.getpid(),
         }
@@ -281,8 +286,12 @@ def _run(grid: Grid, settings: RunSettings) -> RunResult:
         if settings["store-ca"]:
             extra[M.STORE_CA] = settings["store-ca"]
 
+    # With num-partitions >= 1 the server's task is the devices' partition, so it knows each node's size (0: each node
+    # partitions by its own node config, which the server cannot know; the nodes' claims are taken, capped).
+    parts = settings["num-partitions"]
     transport = GridTransport(grid, task.param_names(), ttl=settings["ttl"], poll_interval=settings["poll-interval"],
-                              extra_config=extra)
+                              extra_config=extra, partition_sizes=[int(task.num_examples(i)) for i in range(parts)]
+                              if parts >= 1 else None)
     status = RunStatus(run_dir, settings, transport)
     observers: list[Observer] = [status]
     if store is not None:
@@ -299,6 +308,7 @@ def _run(grid: Grid, settings: RunSettings) -> RunResult:
         else:
             if store is not None:
                 metrics.watch_store(store)
+            metrics.watch_writes(status.all_write_errors)
             observers.append(metrics)
     orch = Orchestrator(strategy, transport, stop=StopCondition(**settings.stop_condition()), evaluate=task.evaluate,
                         eval_interval=settings["eval-interval"], checkpoint_dir=ckpt_dir,
@@ -315,7 +325,8 @@ def _run(grid: Grid, settings: RunSettings) -> RunResult:
     log.info("fedhive %s on %d clients, run folder %s%s", settings["strategy"], n, run_dir,
              ", resuming from the newest usable checkpoint" if resume_from else "")
     t0 = time.perf_counter()
-    with _StopOnSignal(orch, transport) as stop_signal:  # until the run's files are written (a signal meanwhile waits)
+    # Until the run's files are written: a stop signal meanwhile waits; the heartbeat says the ServerApp lives.
+    with _StopOnSignal(orch, transport) as stop_signal, _Heartbeat(run_dir / HEARTBEAT_FILE):
         try:
             result = orch.run(None if resume_from else initial, resume_from=resume_from)
         except BaseException:
@@ -340,8 +351,14 @@ def _run(grid: Grid, settings: RunSettings) -> RunResult:
                "counters": result.counters, "updates_by_class": dict(status.updates_by_class),
                "arrivals": status.arrivals, "groups": _group_spread(status.arrivals),
                "grid": {"pull_seconds": transport.pull_seconds, "push_seconds": transport.push_seconds,
-                        "pulls": transport.pulls}}
-        save_model(run_dir / "model.safetensors", result.params, task.param_names())  # before the history that reports it
+                        "pulls": transport.pulls, "profile_rejections": dict(transport.profile_rejections),
+                   "metric_rejections": dict(transport.metric_rejections)}}
+        try:  # before the history that reports it; best effort (the final checkpoint holds the model too)
+            save_model(run_dir / "model.safetensors", result.params, task.param_names())
+        except OSError as exc:
+            status.write_errors["model.safetensors"] += 1
+            log.error("could not write %s (%s); the final checkpoint holds the model", run_dir / "model.safetensors",
+                      exc)
         out["write_errors"] = status.all_write_errors()
         status.save("history.json", out)
         try:
@@ -354,6 +371,37 @@ def _run(grid: Grid, settings: RunSettings) -> RunResult:
                  final["version"], final["accuracy"], final["client_updates"])
     stop_signal.redeliver()
     return result
+
+
+HEARTBEAT_SECONDS = 2.0  # how often run-dir/HEARTBEAT_FILE is touched while the run runs
+
+
+class _Heartbeat:
+    """Touches ``path`` every :data:`HEARTBEAT_SECONDS` from a daemon thread while the run runs, so a watcher on
+    another host or container (``fedhive submit``), which cannot see this pid, notices a killed ServerApp within
+    seconds instead of Flower's ~60-s heartbeat. Best effort: a write error is ignored."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fedhive-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.path.touch()
+            except OSError:
+                pass
+            if self._stop.wait(HEARTBEAT_SECONDS):
+                return
+
+    def __enter__(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def _force_exit() -> None:

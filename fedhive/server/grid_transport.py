@@ -23,7 +23,11 @@ checked before decoding; see :func:`fedhive.messages.from_array_record`); no ``n
 integer from 0 to ``MAX_NUM_EXAMPLES``. Of a good reply's metrics only finite numbers are kept (at most
 ``MAX_METRICS``; the rest is dropped and counted in ``metric_rejections``), so the ``Update`` holds ``str -> int |
 float`` only. A profile's ``device-class`` and ``num-examples`` that cannot be taken become ``unknown`` and 0, counted
-in ``profile_rejections``; ``profiles`` keeps a bounded number of short scalar entries of each.
+in ``profile_rejections``; ``profiles`` keeps a bounded number of short scalar entries of each. Given
+``partition_sizes`` (the server built the same partition), a node whose profile names a usable ``partition-id`` is
+weighted by the server's size of that partition in its ``ClientInfo`` and in every ``Update``, whatever it claims (a
+reply's claim is still checked as above); a replaced claim is counted as ``num-examples-corrected`` in
+``profile_rejections`` (profiles) or ``metric_rejections`` (replies).
 A fedhive client echoes the version it trained from (``fedhive.version`` in its metrics); that claim goes into the
 ``Update`` for the engine to check against its record of the task (a SuperNode that pairs a reply with the wrong
 message is caught there), and a stock ClientApp that says nothing leaves it ``None``.
@@ -120,13 +124,27 @@ class GridTransport(Transport):
         Added to every train message's config (e.g. the model store's address and token for FedASMU).
     idle_timeout
         With nothing in flight and no deadline, :meth:`wait` gives up after this many seconds without a change.
+    partition_sizes
+        The number of training examples of each partition (index: partition id), when the server builds the same
+        partition as the devices (fedhive's ServerApp with ``num-partitions`` >= 1); each an integer from 0 to
+        ``MAX_NUM_EXAMPLES``. A node whose profile names its partition is then weighted by this size, not by its
+        claim (see :meth:`_join`). ``None`` (the default): every node's claim is taken, as validated.
     """
 
     def __init__(self, grid: Grid, param_names: Sequence[str], *, ttl: float = 600.0, poll_interval: float = 0.05,
                  membership_interval: float = 1.0, profile_ttl: float = 60.0,
                  extra_config: Mapping[str, Any] | None = None, idle_timeout: float = 600.0,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 partition_sizes: Sequence[int] | None = None) -> None:
         ttl = number("ttl (seconds)", ttl, low=0, low_open=True)
+        if partition_sizes is not None:
+            partition_sizes = tuple(partition_sizes)
+            bad = [i for i, n in enumerate(partition_sizes) if type(n) is not int or M.example_count(n) is None]
+            if not partition_sizes or bad:
+                raise ValueError(f"partition_sizes must be a non-empty sequence of integers from 0 to "
+                                 f"{M.MAX_NUM_EXAMPLES}, got " + (f"{_short(partition_sizes[bad[0]])} at index {bad[0]}"
+                                                                  if bad else "an empty one"))
+        self.partition_sizes: tuple[int, ...] | None = partition_sizes
         poll_interval = number("poll_interval (seconds)", poll_interval, low=0, low_open=True)
         self.grid = grid
         self.param_names = list(param_names)
@@ -156,8 +174,13 @@ class GridTransport(Transport):
         self.pulls = 0
         self.profiles: dict[int, dict[str, Any]] = {}
         # What was refused or dropped of what nodes sent, by reason (for the server app to report):
-        self.profile_rejections: Counter[str] = Counter()  # num-examples, device-class, entries_dropped
-        self.metric_rejections: Counter[str] = Counter()  # not_a_number, bad_name, too_many
+        # num-examples, device-class, entries_dropped; with partition_sizes also partition-id and num-partitions
+        # (unusable, so the claim is taken) and num-examples-corrected (a claim replaced by the known size):
+        self.profile_rejections: Counter[str] = Counter()
+        # not_a_number, bad_name, too_many; num-examples-corrected: a reply's valid claim replaced by the known size
+        self.metric_rejections: Counter[str] = Counter()
+        self._known_sizes: dict[int, int] = {}  # node -> the server's size of its partition (see partition_sizes)
+        self._corrections_logged: set[int] = set()  # nodes whose reply claims were corrected (logged once each)
         self.interrupted = False  # see interrupt()
         self.in_grid_call = False  # a call into Flower's Grid is under way (see GridInterrupted)
 
@@ -245,6 +268,15 @@ class GridTransport(Transport):
         integer from 0 to ``MAX_NUM_EXAMPLES``; anything else becomes ``unknown`` / 0 and is counted in
         ``profile_rejections``. ``profiles[node]`` keeps at most MAX_PROFILE_KEYS entries with names of at most
         MAX_KEY_CHARS characters and scalar values (strings of at most MAX_PROFILE_CHARS); the rest is dropped.
+
+        With ``partition_sizes``, a profile's ``partition-id`` (an ``int``, not a bool, in
+        ``range(len(partition_sizes))``) and ``num-partitions`` (if present, an ``int`` equal to
+        ``len(partition_sizes)``) make the client's ``num_examples`` the server's size of that partition, for this and
+        every later reply of the node (:meth:`_on_reply`); a valid claim that differs is counted in
+        ``profile_rejections["num-examples-corrected"]`` and logged. A ``partition-id`` or ``num-partitions`` that
+        cannot be used is counted in ``profile_rejections`` under its name and the node keeps its claim (the
+        strategies' ``max_weight_ratio`` still caps it); without a ``partition-id`` (a stock Flower ClientApp) the
+        claim is taken as before. ``profiles[node]`` keeps the claim as the node sent it (less what was refused).
         """
         if node not in self._online:
             return  # it left before it answered
@@ -259,6 +291,16 @@ class GridTransport(Transport):
         if num_examples is None:
             num_examples = 0
             refused.add(self._refuse_profile(node, "num-examples", raw_n))
+        known = self._known_size(node, profile, refused)
+        if known is None:
+            self._known_sizes.pop(node, None)
+        else:
+            self._known_sizes[node] = known
+            if num_examples != known and "num-examples" not in refused:
+                self.profile_rejections["num-examples-corrected"] += 1
+                log.warning("node %s: profile claims %s examples, partition %s has %d: weighted by %d", node,
+                            _short(raw_n), profile["partition-id"], known, known)
+            num_examples = known
         kept: dict[str, Any] = {}
         dropped = 0
         for key, value in profile.items():
@@ -277,6 +319,26 @@ class GridTransport(Transport):
         self._clients[node] = ClientInfo(node, num_examples, device_class)
         self._membership += 1
         log.info("node %s joined: %s, %d examples%s", node, device_class, num_examples, f" ({why})" if why else "")
+
+    def _known_size(self, node: int, profile: Mapping[str, Any], refused: set[str]) -> int | None:
+        """The server's size of the partition ``profile`` names (see :meth:`_join`), or ``None``: no
+        ``partition_sizes``, no ``partition-id``, or one (or a ``num-partitions``) that cannot be used (counted, and
+        its name added to ``refused``)."""
+        sizes = self.partition_sizes
+        if sizes is None or "partition-id" not in profile:
+            return None
+        pid, parts = profile["partition-id"], profile.get("num-partitions", len(sizes))
+        if type(pid) is not int or not 0 <= pid < len(sizes):
+            key, value, accepted = "partition-id", pid, f"an integer from 0 to {len(sizes) - 1}"
+        elif type(parts) is not int or parts != len(sizes):
+            key, value, accepted = "num-partitions", parts, f"{len(sizes)}, as the server's partition"
+        else:
+            return sizes[pid]
+        self.profile_rejections[key] += 1
+        refused.add(key)
+        log.warning("node %s: profile %s %s cannot be used (accepted: %s); weighted by its claim", node, key,
+                    _short(value), accepted)
+        return None
 
     def _refuse_profile(self, node: int, key: str, value: object) -> str:
         self.profile_rejections[key] += 1
@@ -416,6 +478,14 @@ class GridTransport(Transport):
         except Exception as exc:  # whatever else a hostile reply makes Flower or numpy raise: still only a bad reply
             log.warning("task %s: undecodable reply from node %s", sent.task_id, src, exc_info=True)
             return Malformed(sent.task_id, src, f"undecodable reply: {type(exc).__name__}: {str(exc)[:200]}", now)
+        known = self._known_sizes.get(src)
+        if known is not None and n != known:  # a node whose partition the server knows: weighted by its size
+            self.metric_rejections["num-examples-corrected"] += 1
+            if src not in self._corrections_logged:
+                self._corrections_logged.add(src)
+                log.warning("node %s: a reply claims %d examples, its partition has %d: weighted by %d (logged "
+                            "once per node; counted in metric_rejections)", src, n, known, known)
+            n = known
         claim = self._claim(raw.pop(M.VERSION, None))
         metrics = self._metrics(src, raw)
         if "loss" not in metrics and "train_loss" in metrics:

@@ -58,6 +58,21 @@ class _StoreCollector:
         yield c
 
 
+class _WriteErrorCollector:
+    """Writes the disk refused (status, history, model, checkpoints), by file, read at scrape time."""
+
+    def __init__(self) -> None:
+        self.source: Any = None  # () -> {file: count}
+
+    def collect(self):
+        c = CounterMetricFamily("fedhive_write_errors", "Writes to the run folder that failed (disk full, read-only "
+                                "folder), by file; the run goes on", labels=["file"])
+        counts = self.source() if self.source is not None else {}
+        for name in ("status.json", "history.json", "model.safetensors", "checkpoint"):
+            c.add_metric([name], float(counts.get(name, 0)))
+        yield c
+
+
 class ServerMetrics(Observer):
     """The server's metrics in their own registry (``registry``); :meth:`serve` also exposes them over HTTP."""
 
@@ -105,9 +120,16 @@ class ServerMetrics(Observer):
                                buckets=STEPS_BUCKETS, registry=r)
         self._store = _StoreCollector()
         r.register(self._store)
+        self._writes = _WriteErrorCollector()
+        r.register(self._writes)
         self._classes: set[str] = set()
         self._labels: set[str] = set()  # device_class label values other than the known classes
         self._http: Any = None
+
+    def watch_writes(self, source: Any) -> None:
+        """Export ``source()`` (``{file: failed writes}``, as ``RunStatus.all_write_errors``) as
+        ``fedhive_write_errors_total{file}``."""
+        self._writes.source = source
 
     def watch_store(self, store: ModelStore) -> None:
         """Export the model store's request tallies."""

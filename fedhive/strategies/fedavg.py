@@ -10,12 +10,26 @@ update, as Flower's ``aggregate_arrayrecords`` weights by ``num-examples``). Lat
 - with ``fraction < 1`` the sample is drawn at the start of the round from the known idle clients with a seeded
   generator; sampled clients that never ask for work (gone) are dropped from the round at its first reply;
 - a round in which nobody replied (all failed or the deadline passed) leaves ``w`` unchanged and starts the next one.
+- the round deadline defaults from observed task times (``round_timeout="auto"``): the round closes at
+  ``round_start + deadline_factor × D``, ``D`` the largest expected task duration among the clients the round still
+  waits for (a client that replied or failed no longer counts). A client's expected duration is the largest of its
+  observed task times (dispatch to reply, late replies included: a reply, even late, is a real task time; a failure
+  is none), decaying by ``DECAY`` = 0.95 per newer observation, so that it follows a client that got faster (halved
+  in 14 tasks); a client never observed yet uses the largest expected duration of any client when the round started.
+  A decaying maximum, not the last time or an average: one client's task time varies by 3× between tasks (log-normal
+  jitter σ = 0.3 in the simulator's fleets; real fleets too), and a deadline cuts honest work, while a late one costs
+  only time. With one observation a client's task still exceeds 3× it with probability ~0.7 % (σ = 0.3), so an
+  honest round can still close by its deadline, mostly early in a run; ``round_timeout=None`` never does. Before
+  anything was observed (the first round, or a run resumed from a checkpoint written without durations) there is no
+  deadline: the transport's task TTL bounds the round. Detection latency of a hung client: about
+  ``deadline_factor × D`` after the round started (first round: the TTL); its later reply is rejected ``late``.
 - every floating-point tensor, trainable or not, is averaged with the same weights, as in FedAvg and Flower;
   integer tensors (counters) take the replies' plain mean, rounded.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from typing import Any, Sequence
 
@@ -24,6 +38,31 @@ import numpy as np
 from . import params as P
 from .base import APPLIED, BUFFERED, DEFAULT_MAX_WEIGHT_RATIO, ClientInfo, Dispatch, Outcome, Strategy, Task, Update
 from .weighted_sum import mean_of, weighted_sum
+
+AUTO = "auto"
+DECAY = 0.95  # per newer observation, of a client's expected task time (its decaying largest)
+_ROUND_TIMEOUTS = ('"auto" (deadline_factor × the expected task time), None (wait for every client) '
+                   "or a finite number of seconds > 0")
+
+
+def _round_timeout(value: Any) -> float | str | None:
+    """``round_timeout`` checked: ``"auto"``, ``None``, or a finite number ``> 0``; a string holding a number (``"30"``,
+    as a run config may carry it) is that number."""
+    if value is None:
+        return None
+    v = value
+    if isinstance(v, str):
+        text = v.strip()
+        if text.lower() == AUTO:
+            return AUTO
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+    try:
+        return P.number("round_timeout", v, low=0.0, low_open=True)
+    except ValueError:
+        raise ValueError(f"round_timeout must be {_ROUND_TIMEOUTS}, got {value!r}") from None
 
 
 class FedAvg(Strategy):
@@ -35,8 +74,13 @@ class FedAvg(Strategy):
         Local steps per task.
     fraction : float
         Fraction ``C`` of clients sampled per round, in (0, 1].
-    round_timeout : float or None
-        Seconds after a round starts when it is closed with the replies it has; ``None`` waits for all.
+    round_timeout : "auto", float or None
+        When a round is closed with the replies it has: ``"auto"`` (default) at ``deadline_factor ×`` the largest
+        expected task time of the clients still out (no deadline until a task time was observed; see above), a
+        number: that many seconds after the round starts; ``None`` waits for every client (the TTL bounds a hung one).
+        A string holding a number (``"30"``) is that number.
+    deadline_factor : float
+        With ``round_timeout="auto"``: the deadline in multiples of the expected task time, ``> 1``.
     seed : int
         Seed of the client sampler (used only when ``fraction < 1``).
     max_weight_ratio : float
@@ -46,13 +90,14 @@ class FedAvg(Strategy):
     name = "fedavg"
     tracks_wakeups = True  # clients wait for the next round: poked when a round (re)starts
 
-    def __init__(self, *, local_steps: int = 20, fraction: float = 1.0, round_timeout: float | None = None,
-                 seed: int = 0, max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO,
+    def __init__(self, *, local_steps: int = 20, fraction: float = 1.0, round_timeout: float | str | None = AUTO,
+                 deadline_factor: float = 3.0, seed: int = 0, max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO,
                  non_trainable: Sequence[int] = ()) -> None:
         super().__init__(non_trainable=non_trainable, max_weight_ratio=max_weight_ratio)
         self.local_steps = P.positive_int("local_steps", local_steps)
         self.fraction = P.number("fraction", fraction, low=0.0, high=1.0, low_open=True)
-        self.round_timeout = P.optional(P.number, "round_timeout", round_timeout, low=0.0, low_open=True)
+        self.round_timeout = _round_timeout(round_timeout)
+        self.deadline_factor = P.number("deadline_factor", deadline_factor, low=1.0, low_open=True)
         self.seed = P.non_negative_int("seed", seed)
         self._rng = np.random.default_rng(self.seed)
         self._round = 0
@@ -65,10 +110,16 @@ class FedAvg(Strategy):
         self._acc_examples = 0
         self._int_vals: list[list[np.ndarray]] = []
         self._replies = 0
+        self._durations: dict[int, float] = {}  # node → its expected task duration (decaying largest observed)
+        self._round_max: float | None = None  # the largest expected duration when this round started: new clients
+        # The round's deadline in O(log n) per event: the pending clients' expected durations as a max-heap
+        # (lazily cleaned of clients no longer pending) and the pending clients without an estimate.
+        self._heap: list[tuple[float, int]] = []
+        self._unknown: set[int] = set()
 
     def config(self) -> dict[str, Any]:
         return {"local_steps": self.local_steps, "fraction": self.fraction, "round_timeout": self.round_timeout,
-                "max_weight_ratio": self.max_weight_ratio}
+                "deadline_factor": self.deadline_factor, "max_weight_ratio": self.max_weight_ratio}
 
     @property
     def round(self) -> int:
@@ -97,6 +148,8 @@ class FedAvg(Strategy):
         self._int_vals = []
         self._replies = 0
         self._sample = None
+        self._round_max = max(self._durations.values()) if self._durations else None
+        self._heap, self._unknown = [], set()
         if self.fraction < 1.0:
             idle = sorted(n for n in self._clients if n not in self._late and n not in self._gone)
             k = min(len(idle), max(1, math.ceil(self.fraction * len(idle))))
@@ -114,15 +167,22 @@ class FedAvg(Strategy):
         if self._sample is not None:
             self._sample.discard(node)
         self._pending.add(node)
+        self._expect(node)
         return Task(node, self._version, {"local_steps": self.local_steps, "round": self._round})
 
     def on_update(self, update: Update, sent: Dispatch, now: float) -> Outcome:
         node = update.node_id
         self._late.discard(node)
+        took = now - sent.sent_at
+        if math.isfinite(took):
+            # Expected task time: the largest observed, decaying by DECAY per newer observation (see the module doc).
+            took, old = max(took, 0.0), self._durations.get(node)
+            self._durations[node] = took if old is None else max(took, DECAY * old)
         if sent.task.config["round"] != self._round or node not in self._pending:
             self._poke()
             return Outcome("rejected", "late")
         self._pending.discard(node)
+        self._unknown.discard(node)
         self._accepting = False
         # The reply's claim, clamped to max_weight_ratio × the live fleet's median claim (see Strategy).
         n = self._clamp(max(int(update.num_examples), 0))
@@ -156,6 +216,7 @@ class FedAvg(Strategy):
         self._late.discard(node_id)
         if sent.task.config["round"] == self._round and node_id in self._pending:
             self._pending.discard(node_id)
+            self._unknown.discard(node_id)
             if not self._pending and not self._accepting:
                 self._close_round(now)
             elif not self._pending and self._replies == 0:
@@ -163,10 +224,29 @@ class FedAvg(Strategy):
                 self._open_round(now)
         self._poke()
 
+    def _expect(self, node: int) -> None:
+        """Enter pending ``node``'s expected duration for the round's deadline (see ``next_timer``)."""
+        d = self._durations.get(node, self._round_max)
+        if d is None:
+            self._unknown.add(node)
+        else:
+            heapq.heappush(self._heap, (-d, node))
+
     def next_timer(self) -> float | None:
         if self.round_timeout is None or not self._pending:
             return None
-        return self._round_start + self.round_timeout
+        if self.round_timeout != AUTO:
+            return self._round_start + self.round_timeout
+        # The largest expected task time among the clients still out; a client never observed takes the fleet's
+        # largest observed before the round; nothing observed at all: no deadline (the TTL bounds the round).
+        pending, heap = self._pending, self._heap
+        if self._unknown:  # a client still out with no estimate at all
+            return None
+        while heap and heap[0][1] not in pending:  # replied or failed: no longer counts
+            heapq.heappop(heap)
+        if not heap:
+            return None
+        return self._round_start + self.deadline_factor * -heap[0][0]
 
     def on_timer(self, now: float) -> None:
         t = self.next_timer()
@@ -186,6 +266,8 @@ class FedAvg(Strategy):
             "acc_examples": self._acc_examples,
             "int_vals": self._int_vals,
             "replies": self._replies,
+            "durations": [[n, d] for n, d in sorted(self._durations.items())],
+            "round_max": self._round_max,
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
@@ -201,3 +283,10 @@ class FedAvg(Strategy):
         self._acc_examples = float(state["acc_examples"])  # a clamped claim is a float
         self._int_vals = [[np.array(a) for a in vals] for vals in state["int_vals"]]
         self._replies = int(state["replies"])
+        # A checkpoint written before deadlines were observed has neither: no deadline until a task time is seen.
+        self._durations = {int(n): float(d) for n, d in state.get("durations", ())}
+        rmax = state.get("round_max")
+        self._round_max = None if rmax is None else float(rmax)
+        self._heap, self._unknown = [], set()
+        for node in sorted(self._pending):
+            self._expect(node)

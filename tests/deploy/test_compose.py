@@ -219,19 +219,19 @@ def test_compose_services_run_as_local_processes(tmp_path):
         flwr_home.mkdir()
         (flwr_home / "config.toml").write_text(
             (DEPLOY / "flwr" / "config.toml").read_text().replace("superlink:8000", f"127.0.0.1:{port}"))
+        # The submit service: `fedhive submit` ("submit or resume"), which follows the run to its end.
         submit = local(svcs["submit"]["entrypoint"] + svcs["submit"]["command"])
-        submit = [flower_command(submit[0])] + [str(APP_DIR) if a == "/app/flower_app" else a for a in submit[1:]]
-        submit = [a for a in submit if a != "--stream"] + ["--format", "json"]
+        assert submit[:2] == ["fedhive", "submit"]
+        submit = [sys.executable, "-m", "fedhive.cli"] + [str(APP_DIR) if a == "/app/flower_app" else a
+                                                          for a in submit[1:]]
+        submit[submit.index("--work-dir") + 1] = str(tmp_path / "submit")
         env = {**cluster.env, "FLWR_HOME": str(flwr_home), "FEDHIVE_CACHE": str(data)}
-        res = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=120)
-        assert res.returncode == 0 and '"success": true' in res.stdout, res.stdout + res.stderr
-        run_id = int(json.loads(res.stdout[res.stdout.index("{"):])["run-id"])
+        res = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stdout + res.stderr + dump_logs(cluster)
+        out = json.loads(res.stdout.strip().splitlines()[-1])
         run_dir = state / "runs" / "compose"
-        cluster.flwr_home = flwr_home
-        st = cluster.wait_status(run_dir, timeout=400)
-        assert st["state"] == "finished", dump_logs(cluster)
+        assert out["state"] == "finished" and out["restarts"] == 0, out
         h = json.loads((run_dir / "history.json").read_text())
         assert h["final"]["client_updates"] > 0 and set(h["updates_by_class"]) <= {"gpu", "cpu", "rpi4"}
-        assert run_id > 0
     finally:
         cluster.close()

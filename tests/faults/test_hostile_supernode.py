@@ -5,28 +5,14 @@ logged is a counted rejection on the server (or one of the harmless kinds), the 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fedhive.faults import hostile_client as H
 from fedhive.localcluster import LocalCluster
-from fedhive.server.settings import KEYS
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def _app(dst: Path) -> Path:
-    dst.mkdir(parents=True)
-    lines = ['[build-system]', 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', '',
-             '[project]', 'name = "hostileapp"', 'version = "1.0.0"', '', '[tool.flwr.app]', 'publisher = "fedhive"',
-             '', '[tool.flwr.app.components]', 'serverapp = "fedhive.server.app:app"',
-             'clientapp = "fedhive.faults.hostile_client:app"', '', '[tool.flwr.app.config]']
-    lines += [f"{k} = {json.dumps(v)}" for k, (v, _) in KEYS.items()]
-    (dst / "pyproject.toml").write_text("\n".join(lines) + "\n")
-    (dst / "hostile_placeholder.py").write_text("# the ClientApp is fedhive.faults.hostile_client\n")
-    return dst
 
 
 def test_a_hostile_node_on_a_real_supernode_cannot_break_the_run(tmp_path):
@@ -34,7 +20,7 @@ def test_a_hostile_node_on_a_real_supernode_cannot_break_the_run(tmp_path):
 
     logs = tmp_path / "hostile"
     logs.mkdir()
-    app = _app(tmp_path / "app")
+    app = H.write_app(tmp_path / "app")
     cluster = LocalCluster(tmp_path / "c", emulate="none")
     try:
         cluster.start_superlink()

@@ -98,3 +98,48 @@ def test_flwr_stop_and_sigterm_write_a_final_checkpoint_that_the_next_run_resume
     finally:
         cluster.close()
     assert not wait_for_none(cluster)
+
+
+def test_fedhive_submit_resubmits_a_lost_run_on_a_superlink_it_did_not_start(tmp_path):
+    """``fedhive submit`` (compose's submit step) against a running SuperLink: the ServerApp SIGKILLed is noticed
+    without its pid (another container's there) by its stale heartbeat file, within about 10 s, and the run is
+    resubmitted with ``resume=true``; the command exits 0 once it finished."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from deploy.conftest import dump_logs, read_json, status, wait_for, wait_for_none
+
+    cluster = LocalCluster(tmp_path / "c", emulate="none", data_dir=tmp_path / "data")
+    run_dir = tmp_path / "run"
+    run_config = (f"strategy='fedasync' task='synthetic' local-steps=5 min-clients=2 max-updates=8 max-time=400.0 "
+                  f"eval-interval=5.0 checkpoint-every=1 run-dir='{run_dir}'")
+    submit = None
+    try:
+        cluster.start_superlink()
+        for i in range(2):
+            cluster.add_agent("cpu", i, 2)
+        submit = subprocess.Popen([sys.executable, "-m", "fedhive.cli", "submit", "--connection", "up",
+                                   "--flwr-home", str(cluster.flwr_home), "--work-dir", str(tmp_path / "submit"),
+                                   "--run-config", run_config], env=cluster.env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        wait_for(lambda: status(run_dir).get("client_updates", 0) >= 3
+                 and ckpt.checkpoints(run_dir / "checkpoints"), 240, "three updates")
+        killed = int(status(run_dir)["pid"])
+        os.kill(killed, signal.SIGKILL)
+        t0 = time.monotonic()
+        out, _ = submit.communicate(timeout=600)
+        assert submit.returncode == 0, out + dump_logs(cluster)
+        result = json.loads(out.strip().splitlines()[-1])
+        assert result["state"] == "finished" and result["restarts"] == 1, out
+        assert "resuming from its newest checkpoint" in out
+        h = read_json(run_dir / "history.json")
+        assert h["final"]["client_updates"] >= 8 and h["final"]["version"] == h["counters"]["update_applied"]
+        print(f"lost run finished {time.monotonic() - t0:.0f} s after the SIGKILL")
+    finally:
+        if submit is not None and submit.poll() is None:
+            os.killpg(submit.pid, signal.SIGKILL)
+            submit.wait()
+        cluster.close()
+    assert not wait_for_none(cluster)

@@ -369,3 +369,87 @@ def test_sigterm_and_flwr_stop_write_a_final_checkpoint_then_exit_as_flower_woul
     assert grid.pushed_after_signal <= 2  # at most the tasks of the event being handled, none after it
     resumed = server_app.run(_echo_grid(), _config(tmp_path, resume=True, **{"max-versions": final["version"] + 2}))
     assert resumed.final["version"] == final["version"] + 2
+
+
+def test_a_model_file_the_disk_refuses_is_counted_and_the_run_still_finishes(tmp_path, flower_identity,
+                                                                             monkeypatch):
+    def full(*args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(server_app, "save_model", full)
+    done = server_app.run(_echo_grid(), _config(tmp_path))
+    assert done.final["version"] == 6
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["write_errors"] == {"model.safetensors": 1}
+    assert history["grid"]["profile_rejections"] == {} and history["grid"]["metric_rejections"] == {}
+    assert json.loads((tmp_path / "status.json").read_text())["profile_rejections"] == {}
+    assert json.loads((tmp_path / "status.json").read_text())["state"] == "finished"
+    assert ckpt.latest(tmp_path / "checkpoints").name == "ckpt-0000000006.npz"  # the model is in the checkpoint
+
+
+def test_write_errors_are_a_prometheus_counter_by_file():
+    from prometheus_client import generate_latest
+
+    from fedhive.server.metrics import ServerMetrics
+
+    m = ServerMetrics()
+    text = generate_latest(m.registry).decode()
+    assert 'fedhive_write_errors_total{file="checkpoint"} 0.0' in text  # exported from the start
+    counts = {"status.json": 4, "checkpoint": 2}
+    m.watch_writes(lambda: counts)
+    text = generate_latest(m.registry).decode()
+    assert 'fedhive_write_errors_total{file="status.json"} 4.0' in text
+    assert 'fedhive_write_errors_total{file="checkpoint"} 2.0' in text
+    assert 'fedhive_write_errors_total{file="history.json"} 0.0' in text
+
+
+# --------------------------------------------------------------------------- submit or resume (fedhive up, submit)
+def test_resumable_finds_the_newest_checkpoint_of_the_same_unfinished_run(tmp_path, flower_identity):
+    from fedhive.localcluster import resumable
+
+    config = _config(tmp_path)
+    server_app.run(_echo_grid(), config)
+    assert resumable(tmp_path, config) is None  # finished: a new submit starts a new run
+    status = json.loads((tmp_path / "status.json").read_text())
+    (tmp_path / "status.json").write_text(json.dumps({**status, "state": "stopped"}))
+    newest = ckpt.latest(tmp_path / "checkpoints")
+    assert resumable(tmp_path, config) == newest
+    assert resumable(tmp_path, {**config, "seed": 5}) is None  # another run's checkpoints
+    assert resumable(tmp_path, {**config, "strategy": "fedbuff"}) is None
+    assert resumable(tmp_path, {**config, "num-partitions": 3}) is None
+    newest.write_bytes(b"not a checkpoint")
+    assert resumable(tmp_path, config) == ckpt.checkpoints(tmp_path / "checkpoints")[-2]  # walks back
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        resumable(tmp_path, {**config, "strategy": "nope"})
+
+
+def test_supervise_resumes_an_unfinished_run_unless_told(tmp_path, flower_identity, monkeypatch):
+    from fedhive.localcluster import LocalCluster
+
+    config = _config(tmp_path / "run")
+    server_app.run(_echo_grid(), config)
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    (tmp_path / "run" / "status.json").write_text(json.dumps({**status, "state": "failed"}))
+    submitted = []
+    cluster = LocalCluster(tmp_path / "c", emulate="none")
+    monkeypatch.setattr(cluster, "submit", lambda cfg, app_dir=None: submitted.append(dict(cfg)) or 7)
+    monkeypatch.setattr(cluster, "wait_status", lambda *a, **kw: {"state": "finished"})
+    cluster.supervise(config)
+    cluster.supervise({**config, "resume": False})
+    cluster.supervise({**config, "seed": 9})
+    assert [c["resume"] for c in submitted] == [True, False, False]
+
+
+def test_attach_needs_the_named_connection(tmp_path):
+    from fedhive.localcluster import LocalCluster
+
+    with pytest.raises(FileNotFoundError, match="config.toml does not exist"):
+        LocalCluster.attach(tmp_path / "w", tmp_path / "flwr", "compose")
+    (tmp_path / "flwr").mkdir()
+    (tmp_path / "flwr" / "config.toml").write_text('[superlink.other]\naddress = "h:1"\n')
+    with pytest.raises(ValueError, match=r"no \[superlink.compose\] section"):
+        LocalCluster.attach(tmp_path / "w", tmp_path / "flwr", "compose")
+    (tmp_path / "flwr" / "config.toml").write_text('[superlink.compose]\naddress = "h:1"\ninsecure = true\n')
+    c = LocalCluster.attach(tmp_path / "w", tmp_path / "flwr", "compose")
+    assert c.connection == "compose" and not c.same_host and c.leftovers() == []
+    c.close()  # starts and stops nothing
