@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -46,6 +47,8 @@ NOT_MEASURED = ["agent_kills", "server_restarts", "superlink_restarts", "accurac
 
 
 def run_inprocess(total: int, progress: Progress) -> dict:
+    if total <= 0:
+        return {"hostile": 0, "by_strategy": []}
     per = -(-total // len(STRATEGIES))
     task = progress.add_task("in-process hostile replies", total=per * len(STRATEGIES))
     out, done = [], 0
@@ -68,7 +71,7 @@ def run_flower(per_strategy: int, progress: Progress) -> dict:
     cases = [("fedasync", {}), ("fedbuff", {"buffer_size": 2}), ("fedavg", {}), ("fedcompass", {"q_min": 2, "q_max": 4})]
     task = progress.add_task("hostile Flower messages", total=per_strategy * len(cases))
     out = []
-    for i, (s, params) in enumerate(cases):
+    for i, (s, params) in enumerate(cases if per_strategy > 0 else []):
         grid = HostileGrid()
         t = GridTransport(grid, ["linear.weight", "linear.bias"], poll_interval=0.001, membership_interval=0.01,
                           idle_timeout=5.0, profile_ttl=5.0)
@@ -140,7 +143,6 @@ def _supernode(replies: int, hostile_nodes: int, progress: Progress) -> dict:
                 "counters": c, "hostile_nodes": hostile_nodes}
 
 
-FAILURE_KINDS = ("node_lost", "timeout", "client_crashed", "client_error")
 
 
 def _chaos(updates: int, agents: int, agent_kills: int, server_kills: int, superlink_kills: int,
@@ -166,14 +168,14 @@ def _chaos(updates: int, agents: int, agent_kills: int, server_kills: int, super
         tmp = Path(tmp)
         cluster = LocalCluster(tmp / "c", emulate="none", data_dir=tmp / "data")
         base = {"strategy": "fedasync", "task": "synthetic", "local-steps": 20, "min-clients": 2,
+                "num-partitions": agents,  # the server builds the devices' partition: its test set, their sizes
                 "wait-clients": 180.0, "max-updates": updates, "max-time": 7200.0, "eval-interval": 10.0,
                 "checkpoint-every": 1, "seed": 1}
         agent_procs: dict[int, object] = {}
+        killed_nodes: list[tuple[float, str | None]] = []  # (wall time of the SIGKILL, the agent's SuperNode id)
         done: list[tuple[str, float]] = []  # (kind, monotonic time of the kill)
-        failures_at: list[float] = []  # when the server's count of failed tasks went up
         restarts: list[float] = []
         versions: list[int] = []
-        fails_by_pid: dict[int, int] = {}
         task = progress.add_task("faults on real processes", total=updates)
         t0 = time.monotonic()
         try:
@@ -183,6 +185,8 @@ def _chaos(updates: int, agents: int, agent_kills: int, server_kills: int, super
 
             def kill_agent(i: int) -> None:
                 proc = agent_procs[i]
+                ids = re.findall(r"SuperNode ID: (\d+)", proc.log_path.read_text(errors="replace"))
+                killed_nodes.append((time.time(), ids[-1] if ids else None))
                 pid_file = cluster.run_dir / "agents" / f"agent{proc.name.split('-')[0][5:]}" / "supernode.pid"
                 cluster.stop(proc, signal.SIGKILL)
                 try:
@@ -197,9 +201,6 @@ def _chaos(updates: int, agents: int, agent_kills: int, server_kills: int, super
                 now = time.monotonic()
                 versions.append(int(st.get("version", 0)))
                 pid = int(st.get("pid", 0))
-                fails = sum(int(v) for k, v in st.get("failures", {}).items() if k in FAILURE_KINDS)
-                failures_at.extend([now] * max(0, fails - fails_by_pid.get(pid, 0)))
-                fails_by_pid[pid] = max(fails, fails_by_pid.get(pid, 0))
                 n = int(st.get("client_updates", 0))
                 progress.update(task, completed=n)
                 while plan and n >= plan[0][0] and ckpt.checkpoints(Path(base_dir) / "checkpoints"):
@@ -219,6 +220,7 @@ def _chaos(updates: int, agents: int, agent_kills: int, server_kills: int, super
                                                max_restarts=server_kills + superlink_kills + 3, on_status=on_status,
                                                on_restart=lambda k, s: restarts.append(time.monotonic()))
             chaos_seconds = time.monotonic() - t0
+            detect_agent = _node_detection(base_dir / "server.log", killed_nodes)
             h = json.loads((base_dir / "history.json").read_text()) if (base_dir / "history.json").exists() else {}
             progress.update(task, description="the same run without faults", completed=0)
             clean_dir = tmp / "clean"
@@ -232,10 +234,6 @@ def _chaos(updates: int, agents: int, agent_kills: int, server_kills: int, super
         finally:
             cluster.close()
     # Detection: a killed agent's task is failed by the server (Flower reports the node gone); matched in order.
-    agent_kill_times = [t for k, t in done if k == "agent"]
-    detect_agent = [round(f - k, 1) for k, f in zip(agent_kill_times, [f for f in failures_at
-                                                                        if f >= agent_kill_times[0]])] \
-        if agent_kill_times else []
     lost = [(k, t) for k, t in done if k != "agent"]
     detect_lost: dict[str, list[float]] = {}
     for (kind, t), r in zip(lost, restarts):
@@ -264,6 +262,24 @@ def _chaos(updates: int, agents: int, agent_kills: int, server_kills: int, super
     }
 
 
+def _node_detection(server_log: Path, killed: list[tuple[float, str | None]]) -> list[float]:
+    """Seconds from each agent SIGKILL to the server's first sign of it: a task of that node failed, or the node
+    left (``server.log`` lines naming the killed agent's SuperNode id); kills never noticed are left out."""
+    from datetime import datetime
+
+    events = []
+    for line in server_log.read_text(errors="replace").splitlines():
+        m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*node (\d+)( left|: Flower error| failed)", line)
+        if m:
+            events.append((datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp(), m.group(2)))
+    out = []
+    for t, node in killed:
+        seen = [e for e, n in events if n == node and e >= t]
+        if node is not None and seen:
+            out.append(round(seen[0] - t, 1))
+    return out
+
+
 def _spread(xs: list[float]) -> dict | None:
     if not xs:
         return None
@@ -284,6 +300,8 @@ def main() -> None:
     ap.add_argument("--server-kills", type=int, default=2)
     ap.add_argument("--superlink-kills", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/faults.json")
+    ap.add_argument("--merge", action="store_true", help="phases skipped here (0) keep their figures from --out, "
+                    "with the command that measured them")
     args = ap.parse_args()
     import logging
 
@@ -295,6 +313,25 @@ def main() -> None:
         sn = _supernode(args.supernode, args.hostile_nodes, progress) if args.supernode else None
         ch = _chaos(args.chaos_updates, args.agents, args.agent_kills, args.server_kills, args.superlink_kills,
                     progress) if args.chaos_updates else None
+    previous: dict = {}
+    if args.merge and Path(args.out).exists():  # read at the end: another invocation may have written it meanwhile
+        old = json.loads(Path(args.out).read_text())
+        previous = {**old["rows"][0], "_command": old.get("command")}
+    measured_by: dict[str, str | None] = {}
+    if previous:  # phases this invocation skipped keep the figures (and the command) of the run that measured them
+        if not args.inprocess:
+            ip = {"hostile": previous["hostile_inprocess"], "by_strategy": previous["inprocess"]}
+            measured_by["inprocess"] = previous.get("measured_by", {}).get("inprocess", previous["_command"])
+        if not args.flower:
+            fl = {"hostile": previous["hostile_flower_messages"], "by_strategy": previous["flower_messages"]}
+            measured_by["flower_messages"] = previous.get("measured_by", {}).get("flower_messages",
+                                                                                previous["_command"])
+        if not args.supernode and previous.get("supernode"):
+            sn = previous["supernode"]
+            measured_by["supernode"] = previous.get("measured_by", {}).get("supernode", previous["_command"])
+        if not args.chaos_updates and previous.get("chaos"):
+            ch = previous["chaos"]
+            measured_by["chaos"] = previous.get("measured_by", {}).get("chaos", previous["_command"])
     rows_ip, rows_fl = ip["by_strategy"], fl["by_strategy"]
     crashes = sum(r["crashes"] for r in rows_ip) + sum(r["crashes"] for r in rows_fl) + (sn["crashes"] if sn else 0) \
         + (ch["crashes"] if ch else 0)
@@ -310,6 +347,7 @@ def main() -> None:
         "non_finite_models": sum(r["non_finite_models"] for r in rows_ip + rows_fl),
         **measured,
         "not_measured": [] if ch else NOT_MEASURED,
+        "measured_by": measured_by,  # phases whose figures come from an earlier invocation (else: this command)
         "inprocess": rows_ip, "flower_messages": rows_fl, "supernode": sn, "chaos": ch,
     }
     table = Table("figure", "value")

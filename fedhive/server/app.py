@@ -133,6 +133,7 @@ class RunStatus(Observer):
         if self.orchestrator is not None:
             self.t0 = self.orchestrator.start_time
             self.history = self.orchestrator.history  # the same list: on resume it holds the earlier records
+            self.updates = self.orchestrator.client_updates  # on resume: the run's, not only this process's
         self.version = strategy.version
         self.state = "running"
         self.write(now, force=True)
@@ -352,7 +353,7 @@ def _run(grid: Grid, settings: RunSettings) -> RunResult:
                "arrivals": status.arrivals, "groups": _group_spread(status.arrivals),
                "grid": {"pull_seconds": transport.pull_seconds, "push_seconds": transport.push_seconds,
                         "pulls": transport.pulls, "profile_rejections": dict(transport.profile_rejections),
-                   "metric_rejections": dict(transport.metric_rejections)}}
+                        "metric_rejections": dict(transport.metric_rejections)}}
         try:  # before the history that reports it; best effort (the final checkpoint holds the model too)
             save_model(run_dir / "model.safetensors", result.params, task.param_names())
         except OSError as exc:
