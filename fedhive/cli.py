@@ -136,7 +136,7 @@ def _submit(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - Flower's parser raises several kinds
         raise SystemExit(f"--run-config: {exc}; give 'key=value key=value' as flwr run takes it, strings quoted "
                          f"('strategy=\\'fedasync\\' run-dir=\\'/state/runs/a\\'')") from exc
-    RunSettings.from_config({k: v for k, v in config.items()})  # every key and value checked before anything starts
+    RunSettings.from_config(config)  # every key and value checked before anything starts
     if not config.get("run-dir"):
         raise SystemExit("--run-config must name run-dir (a folder this command can read: it follows the run's "
                          "status.json there and resumes from its checkpoints)")

@@ -209,8 +209,8 @@ class LocalCluster:
     def attach(cls, work_dir: str | Path, flwr_home: str | Path, connection: str) -> "LocalCluster":
         """A cluster this process did not start (e.g. compose's): ``submit``, ``wait_status`` and ``supervise`` go to
         the SuperLink named ``connection`` in ``flwr_home/config.toml``; nothing is started or stopped, and the
-        ServerApp's pid in ``status.json`` (another host's or container's) is not watched: a lost run is noticed
-        through Flower's run status. ``work_dir`` takes the logs."""
+        ServerApp's pid in ``status.json`` (another host's or container's) is not watched: a lost run is noticed by
+        the run folder's heartbeat file going stale, or through Flower's run status. ``work_dir`` takes the logs."""
         flwr_home = Path(flwr_home)
         config = flwr_home / "config.toml"
         if not config.is_file():
@@ -391,8 +391,8 @@ class LocalCluster:
                     flower_done = flower_done or time.monotonic()
                     if self.same_host:
                         alive = isinstance(pid, int) and _pid_alive(pid)
-                    else:  # another host's ServerApp: alive while it keeps writing status.json (about once a second)
-                        alive = time.time() - _mtime(path) < 15.0
+                    else:  # another host's ServerApp: alive while its heartbeat file is fresh (touched every 2 s)
+                        alive = time.time() - beat < 10.0
                     # A ServerApp still alive may be writing its final files (``flwr stop``: Flower says "finished"
                     # at once; the server app needs a few seconds to write its checkpoint, up to STOP_GRACE).
                     if not alive or time.monotonic() - flower_done > STOP_GRACE + 5.0:
@@ -454,13 +454,16 @@ class LocalCluster:
                     pass
             config = {**config, "resume": True}
 
-    def _submit_retrying(self, config: Mapping[str, Any], app_dir: str | Path, end: float) -> int:
-        """``submit``, retried every 5 s while the SuperLink does not take it (restarting) and time remains."""
+    def _submit_retrying(self, config: Mapping[str, Any], app_dir: str | Path, end: float,
+                         patience: float = 180.0) -> int:
+        """``submit``, retried every 5 s while the SuperLink does not take it (restarting), for at most ``patience``
+        seconds (a refusal that lasts longer is not a restart: it is raised) and while time remains."""
+        give_up = min(end, time.monotonic() + patience)
         while True:
             try:
                 return self.submit(config, app_dir=app_dir)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                if time.monotonic() + 5.0 >= end:
+                if time.monotonic() + 5.0 >= give_up:
                     raise
                 log.warning("submitting failed (%s); retrying in 5 s", str(exc)[:300])
                 time.sleep(5.0)

@@ -453,3 +453,23 @@ def test_attach_needs_the_named_connection(tmp_path):
     c = LocalCluster.attach(tmp_path / "w", tmp_path / "flwr", "compose")
     assert c.connection == "compose" and not c.same_host and c.leftovers() == []
     c.close()  # starts and stops nothing
+
+
+def test_a_submit_the_superlink_keeps_refusing_is_raised_not_retried_for_ever(tmp_path, monkeypatch):
+    from fedhive import localcluster
+    from fedhive.localcluster import LocalCluster
+
+    cluster = LocalCluster(tmp_path / "c", emulate="none")
+    calls = []
+
+    def refuse(cfg, app_dir=None):
+        calls.append(1)
+        raise RuntimeError("flwr run failed (exit 1): no such app")
+
+    monkeypatch.setattr(cluster, "submit", refuse)
+    monkeypatch.setattr(localcluster.time, "sleep", lambda s: None)
+    t = [0.0]
+    monkeypatch.setattr(localcluster.time, "monotonic", lambda: t.__setitem__(0, t[0] + 5.0) or t[0])
+    with pytest.raises(RuntimeError, match="no such app"):
+        cluster._submit_retrying({}, "app", end=1e12, patience=60.0)
+    assert 2 <= len(calls) <= 13  # retried for about a minute, then raised
