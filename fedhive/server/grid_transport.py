@@ -49,7 +49,7 @@ import numpy as np
 
 from fedhive import messages as M
 from fedhive.engine.transport import Event, Failure, Malformed, Result, Transport
-from fedhive.strategies.base import ClientInfo, Dispatch, Update
+from fedhive.strategies.base import ClientInfo, Dispatch, Task, Update
 from fedhive.strategies.params import number
 
 if TYPE_CHECKING:
@@ -104,6 +104,13 @@ class _Query:
     sent_at: float
 
 
+@dataclass
+class _Evaluation:
+    node_id: int
+    version: int
+    sent_at: float
+
+
 class GridTransport(Transport):
     """Tasks as Flower messages through a ``Grid``.
 
@@ -129,14 +136,37 @@ class GridTransport(Transport):
         partition as the devices (fedhive's ServerApp with ``num-partitions`` >= 1); each an integer from 0 to
         ``MAX_NUM_EXAMPLES``. A node whose profile names its partition is then weighted by this size, not by its
         claim (see :meth:`_join`). ``None`` (the default): every node's claim is taken, as validated.
+    arrays_key, config_key, weight_key
+        The records' names: the model travels under ``arrays_key`` both ways, the task's config under
+        ``config_key``, and a reply's example count is its metric ``weight_key`` (default: ``num-examples``, or
+        ``num_examples`` where a reply has only that). ``fedhive.flower`` passes a Flower strategy's
+        ``arrayrecord_key``, ``configrecord_key`` and ``weighted_by_key`` here.
+    query_profiles
+        Ask each new node for its profile (device class, examples) before it gets work; ``False`` (a Flower app whose
+        ClientApp has no ``query.profile`` handler): nodes join at once as ``unknown`` with 0 examples, and their
+        replies' counts are what weights them.
+    make_config
+        ``task -> config`` of a train message, instead of ``{**extra_config, **task.config}`` (the task id and the
+        model version are added either way).
+    alias_loss
+        Copy a reply's ``train_loss`` to ``loss`` where it has no ``loss`` (fedhive's metrics read ``loss``).
     """
 
     def __init__(self, grid: Grid, param_names: Sequence[str], *, ttl: float = 600.0, poll_interval: float = 0.05,
                  membership_interval: float = 1.0, profile_ttl: float = 60.0,
                  extra_config: Mapping[str, Any] | None = None, idle_timeout: float = 600.0,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 partition_sizes: Sequence[int] | None = None) -> None:
+                 partition_sizes: Sequence[int] | None = None, arrays_key: str = M.ARRAYS,
+                 config_key: str = M.CONFIG, weight_key: str | None = None, query_profiles: bool = True,
+                 make_config: Callable[[Task], Mapping[str, Any]] | None = None, alias_loss: bool = True) -> None:
         ttl = number("ttl (seconds)", ttl, low=0, low_open=True)
+        for what, key in (("arrays_key", arrays_key), ("config_key", config_key), ("weight_key", weight_key)):
+            if key is not None and (type(key) is not str or not key):
+                raise ValueError(f"{what} must be a non-empty string, got {_short(key)}")
+        self.arrays_key, self.config_key, self.weight_key = arrays_key, config_key, weight_key
+        self.query_profiles = bool(query_profiles)
+        self.make_config = make_config
+        self.alias_loss = bool(alias_loss)
         if partition_sizes is not None:
             partition_sizes = tuple(partition_sizes)
             bad = [i for i, n in enumerate(partition_sizes) if type(n) is not int or M.example_count(n) is None]
@@ -164,6 +194,8 @@ class GridTransport(Transport):
         self._next_membership = -1.0
         self._sent: dict[str, Dispatch] = {}  # message id -> the engine's record of its task
         self._queries: dict[str, _Query] = {}  # message id -> profile query
+        self._evals: dict[str, _Evaluation] = {}  # message id -> federated evaluation (fedhive.flower)
+        self._eval_results: list[tuple[int, int, dict[str, int | float], int, str]] = []
         self._queried: set[int] = set()
         self._pending: list[Event] = []
         self._record_cache: tuple[int, ArrayRecord] | None = None  # (model version, its ArrayRecord)
@@ -203,7 +235,11 @@ class GridTransport(Transport):
         self._online = online
         changed = False
         for node in sorted(online - self._queried):
-            self._ask_profile(node)
+            if self.query_profiles:
+                self._ask_profile(node)
+            else:
+                self._queried.add(node)
+                self._join(node, {}, "profiles not queried")
         for node in list(self._clients):
             if node not in online:
                 del self._clients[node]
@@ -365,8 +401,10 @@ class GridTransport(Transport):
         task_id, task, params = sent.task_id, sent.task, sent.params
         if self.interrupted:  # stopping: the task stays in the engine's record, lost on resume (never run twice)
             return
-        config = {**self.extra_config, **task.config, M.TASK_ID: task_id, M.VERSION: task.version}
-        content = RecordDict({M.ARRAYS: self._record(task.version, params), M.CONFIG: M.to_config_record(config)})
+        base = {**self.extra_config, **task.config} if self.make_config is None else self.make_config(task)
+        config = {**base, M.TASK_ID: task_id, M.VERSION: task.version}
+        content = RecordDict({self.arrays_key: self._record(task.version, params),
+                              self.config_key: M.to_config_record(config)})
         msg = Message(content, dst_node_id=task.node_id, message_type="train", ttl=self.ttl,
                       group_id=str(task.version))
         t = time.perf_counter()
@@ -416,7 +454,7 @@ class GridTransport(Transport):
             self._sleep(pause)
 
     def _pull(self) -> None:
-        ids = list(self._sent) + list(self._queries)
+        ids = list(self._sent) + list(self._queries) + list(self._evals)
         if not ids:
             return
         t = time.perf_counter()
@@ -428,6 +466,9 @@ class GridTransport(Transport):
             mid = reply.metadata.reply_to_message_id
             if mid in self._queries:
                 self._on_profile(self._queries.pop(mid), reply)
+                continue
+            if mid in self._evals:
+                self._eval_results.append(self._on_evaluate_reply(self._evals.pop(mid), reply))
                 continue
             sent = self._sent.pop(mid, None)
             if sent is None:
@@ -460,19 +501,26 @@ class GridTransport(Transport):
         src = int(reply.metadata.src_node_id)
         try:
             content = reply.content
-            if M.ARRAYS not in content:
-                raise ValueError(f"the reply has no '{M.ARRAYS}' record")
-            raw = dict(content[M.METRICS]) if M.METRICS in content else {}
-            key = "num-examples" if "num-examples" in raw else "num_examples"
+            if self.arrays_key not in content:
+                raise ValueError(f"the reply has no '{self.arrays_key}' record")
+            if M.METRICS in content:
+                raw = dict(content[M.METRICS])
+            else:  # as Flower's strategies read it: the reply's (first) MetricRecord, whatever its name
+                records = list(content.metric_records.values())
+                raw = dict(records[0]) if records else {}
+            if self.weight_key is not None:
+                key = self.weight_key
+            else:
+                key = "num-examples" if "num-examples" in raw else "num_examples"
             if key not in raw:
-                raise ValueError("the reply's metrics have no 'num-examples'")
+                raise ValueError(f"the reply's metrics have no '{self.weight_key or 'num-examples'}'")
             n = M.example_count(raw[key])
             if n is None:
                 raise ValueError(f"the reply's '{key}' must be an integer from 0 to {M.MAX_NUM_EXAMPLES}, "
                                  f"got {_short(raw[key])}")
             # Arrays by name, each checked against the tensor this task was sent with before it is decoded.
             specs = [(p.shape, p.dtype) for p in sent.params]
-            params = M.from_array_record(content[M.ARRAYS], self.param_names, specs)
+            params = M.from_array_record(content[self.arrays_key], self.param_names, specs)
         except (ValueError, KeyError, TypeError) as exc:
             return Malformed(sent.task_id, src, str(exc)[:300], now)
         except Exception as exc:  # whatever else a hostile reply makes Flower or numpy raise: still only a bad reply
@@ -488,7 +536,7 @@ class GridTransport(Transport):
             n = known
         claim = self._claim(raw.pop(M.VERSION, None))
         metrics = self._metrics(src, raw)
-        if "loss" not in metrics and "train_loss" in metrics:
+        if self.alias_loss and "loss" not in metrics and "train_loss" in metrics:
             metrics["loss"] = metrics["train_loss"]
         self._bytes += sum(int(p.nbytes) for p in params)
         return Result(sent.task_id, Update(src, claim, params, n, metrics), now)
@@ -544,18 +592,19 @@ class GridTransport(Transport):
         """
         end = self._clock() + limit
         late = 0
-        while (self._sent or self._queries) and not self.interrupted:  # stopping: no grid call may hang the exit
-            before = len(self._sent) + len(self._queries)
+        while (self._sent or self._queries or self._evals) and not self.interrupted:  # no grid call may hang a stop
+            before = len(self._sent) + len(self._queries) + len(self._evals)
             try:
                 self._pull()
             except (Exception, GridInterrupted) as exc:  # noqa: BLE001 - re-raised unless stopping
                 self._tolerate(exc)
                 break
-            late += before - len(self._sent) - len(self._queries)
+            late += before - len(self._sent) - len(self._queries) - len(self._evals)
             self._pending.clear()
+            self._eval_results.clear()
             now = self.now()
-            youngest = max([s.sent_at for s in self._sent.values()] + [q.sent_at for q in self._queries.values()],
-                           default=None)
+            youngest = max([s.sent_at for s in self._sent.values()] + [q.sent_at for q in self._queries.values()]
+                           + [e.sent_at for e in self._evals.values()], default=None)
             if youngest is None or now - youngest >= grace or self._clock() >= end:
                 break
             self._sleep(min(self.poll_interval * 4, 0.25))
@@ -563,6 +612,73 @@ class GridTransport(Transport):
             log.info("run over with %d tasks still running on their nodes (their replies will be dropped)",
                      len(self._sent))
         return late
+
+    # ------------------------------------------------------------------ federated evaluation (fedhive.flower)
+    def busy_nodes(self) -> set[int]:
+        """Nodes with a train task in flight."""
+        return {d.task.node_id for d in self._sent.values()}
+
+    def push_evaluate(self, node: int, version: int, params: Sequence[np.ndarray], config: Mapping[str, Any]) -> bool:
+        """Send ``node`` an ``evaluate`` message with the model at ``version`` and ``config``; False if it was not
+        sent (refused, or the run is stopping). Its reply comes out of :meth:`take_evaluations`."""
+        from flwr.app import Message, RecordDict
+
+        if self.interrupted:
+            return False
+        content = RecordDict({self.arrays_key: self._record(version, params),
+                              self.config_key: M.to_config_record(config)})
+        msg = Message(content, dst_node_id=node, message_type="evaluate", ttl=self.ttl, group_id=f"evaluate-{version}")
+        try:
+            ids = list(self._grid(self.grid.push_messages, [msg]))
+        except (Exception, GridInterrupted) as exc:  # noqa: BLE001 - re-raised unless stopping
+            self._tolerate(exc)
+            return False
+        if not ids or not ids[0]:
+            return False
+        self._evals[ids[0]] = _Evaluation(node, version, self.now())
+        self._bytes += sum(int(p.nbytes) for p in params)
+        return True
+
+    def take_evaluations(self) -> list[tuple[int, int, dict[str, int | float], int, str]]:
+        """The evaluation replies pulled since the last call: ``(version, node, metrics, num_examples, reason)``,
+        ``reason`` empty for a usable reply, else why it is not (a Flower error: ``timeout``, ``node_lost``, ...;
+        ``malformed``: no metrics record, or no usable example count)."""
+        out, self._eval_results = self._eval_results, []
+        return out
+
+    def evaluations_in_flight(self) -> int:
+        return len(self._evals)
+
+    def drain_evaluations(self, limit: float) -> None:
+        """Pull until every evaluation sent has its reply, or ``limit`` seconds passed."""
+        end = self._clock() + limit
+        while self._evals and not self.interrupted and self._clock() < end:
+            try:
+                self._pull()
+            except (Exception, GridInterrupted) as exc:  # noqa: BLE001 - re-raised unless stopping
+                self._tolerate(exc)
+                return
+            if self._evals:
+                self._sleep(self.poll_interval)
+
+    def _on_evaluate_reply(self, ev: _Evaluation, reply: Message) -> tuple[int, int, dict[str, int | float], int, str]:
+        if reply.has_error():
+            code = int(reply.error.code)
+            return ev.version, ev.node_id, {}, 0, ERROR_REASONS.get(code, f"error_{code}")
+        try:
+            content = reply.content
+            records = [content[M.METRICS]] if M.METRICS in content else list(content.metric_records.values())
+            raw = dict(records[0]) if records else {}
+            key = self.weight_key or ("num-examples" if "num-examples" in raw else "num_examples")
+            n = M.example_count(raw.pop(key, None))
+        except Exception:  # a hostile reply: only this evaluation is lost
+            log.warning("undecodable evaluate reply from node %s", ev.node_id, exc_info=True)
+            return ev.version, ev.node_id, {}, 0, "malformed"
+        if n is None:
+            log.warning("node %s: evaluate reply without a usable '%s' (an integer from 0 to %d): left out",
+                        ev.node_id, key, M.MAX_NUM_EXAMPLES)
+            return ev.version, ev.node_id, {}, 0, "malformed"
+        return ev.version, ev.node_id, self._metrics(ev.node_id, raw), n, ""
 
     # ------------------------------------------------------------------ restarts
     def restore(self, now: float, in_flight: Sequence[Dispatch]) -> list[int]:

@@ -151,8 +151,9 @@ class RayExecutor(Executor):
     """Each chunk is a Ray task asking for its device class's resources (``{"CPU": 1}``, ``{"GPU": 0.25}``, ...).
 
     Chunks that do not fit wait in Ray's queue: that pending demand is what Ray's autoscaler adds nodes for.
-    ``address=None`` starts a local Ray bound to 127.0.0.1 with the dashboard and usage stats off; ``"auto"`` or an
-    address joins an existing cluster.
+    ``address=None`` starts a local Ray bound to 127.0.0.1 with the dashboard and usage stats off (always a new one:
+    never the cluster a stale ``/tmp/ray/ray_current_cluster`` or ``RAY_ADDRESS`` names, which made ``ray.init()``
+    wait for a GCS that is long gone); ``"auto"`` or an address joins an existing cluster.
     """
 
     name = "ray"
@@ -168,7 +169,7 @@ class RayExecutor(Executor):
         self._started = False
         if not ray.is_initialized():
             if address is None:
-                ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                          configure_logging=False, log_to_driver=False)
             else:
                 ray.init(address=address, configure_logging=False, log_to_driver=False)

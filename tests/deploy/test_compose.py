@@ -188,7 +188,7 @@ def test_compose_services_run_as_local_processes(tmp_path):
             a = a.replace("superlink:8000", f"127.0.0.1:{port}").replace("'/state/", f"'{state}/")
             a = re.sub(r"^/state(?=/|$)", str(state), a)
             a = re.sub(r"^/data$", str(data), a).replace("0.0.0.0:9400", f"127.0.0.1:{metrics}")
-            a = a.replace("max-time=600.0", "max-time=60.0")
+            a = a.replace("max-time=600.0", "max-time=40.0")
             out.append(a)
         return out
 

@@ -67,10 +67,10 @@ def test_stock_flower_clients_work_with_fedhive(tmp_path):
         cluster.start_superlink()
         for i in range(2):
             cluster.add_supernode({"partition-id": i, "num-partitions": 2})
-        # Three runs one after another on the same SuperNodes: each async run ends with tasks in flight, and a
+        # Two runs one after another on the same SuperNodes: an async run ends with tasks in flight, and a
         # SuperNode that pulls one after its run finished gets out of step (README, "The end of a run"); the
-        # synchronous FedAvg run after them would then stall.
-        for strategy, params in (("fedasync", ""), ("fedbuff", "buffer_size=2"), ("fedavg", "")):
+        # synchronous FedAvg run after it would then stall. (FedBuff with stock clients: test_flower_dropin.py.)
+        for strategy, params in (("fedasync", ""), ("fedavg", "")):
             run_dir = tmp_path / strategy
             run_id = cluster.submit({"strategy": strategy, "strategy-params": params, "task": "synthetic",
                                      "min-clients": 2, "max-updates": 4, "max-time": 200.0, "eval-interval": 2.0,
@@ -92,7 +92,7 @@ def test_stock_flower_clients_work_with_fedhive(tmp_path):
 
 def test_fedhive_up_leaves_a_run_folder(tmp_path):
     out = tmp_path / "up"
-    proc = subprocess.Popen([sys.executable, "-m", "fedhive.cli", "up", "--agents", "3", "--duration", "30",
+    proc = subprocess.Popen([sys.executable, "-m", "fedhive.cli", "up", "--agents", "3", "--duration", "20",
                              "--out", str(out), "--metrics-address", ""], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
@@ -108,7 +108,7 @@ def test_fedhive_up_leaves_a_run_folder(tmp_path):
     assert h["final"]["client_updates"] > 0 and h["final"]["version"] >= 1
     # The run lasted its duration (the last evaluation may be earlier: the final model is evaluated again only
     # when its version changed since the last scheduled evaluation).
-    assert h["final"]["time"] >= 30.0 - 1e-6 and h["history"][-1]["time"] > 20.0
+    assert h["final"]["time"] >= 20.0 - 1e-6 and h["history"][-1]["time"] > 12.0
     for f in ("model.safetensors", "accuracy_vs_time.png"):
         assert (out / f).stat().st_size > 0
     assert any((out / "checkpoints").glob("ckpt-*.npz"))

@@ -34,10 +34,10 @@ def run_and_wait(cluster, name, timeout=240, **config):
     ("fedasmu", ""),
 ])
 def test_strategy_completes_on_real_flower(cluster4, strategy, params):
-    h, run_dir = run_and_wait(cluster4, strategy, strategy=strategy, **{"strategy-params": params, "max-updates": 8})
+    h, run_dir = run_and_wait(cluster4, strategy, strategy=strategy, **{"strategy-params": params, "max-updates": 6})
     final = h["final"]
     assert final["stop_reason"] == "max_updates"
-    assert final["client_updates"] >= 8
+    assert final["client_updates"] >= 6
     assert final["version"] >= 1
     assert h["counters"].get("rejected", 0) == 0
     # Updates came from more than one device class, with their profiles (the server asked each node).

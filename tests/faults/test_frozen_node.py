@@ -23,7 +23,7 @@ def test_a_frozen_node_does_not_stop_an_async_run(tmp_path):
             cluster.add_agent(cls, i, 3)
         run_dir = tmp_path / "run"
         run_id = cluster.submit({"strategy": "fedasync", "task": "synthetic", "local-steps": 5, "min-clients": 3,
-                                 "ttl": 15.0, "max-time": 120.0, "eval-interval": 5.0, "run-dir": str(run_dir)})
+                                 "ttl": 15.0, "max-time": 75.0, "eval-interval": 5.0, "run-dir": str(run_dir)})
         wait_for(lambda: status(run_dir).get("client_updates", 0) >= 3, 150, "three updates")
         pid = int((cluster.run_dir / "agents" / "agent2" / "supernode.pid").read_text())
         before = status(run_dir)

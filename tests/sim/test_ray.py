@@ -34,11 +34,19 @@ def _can_isolate() -> bool:
 needs_namespaces = pytest.mark.skipif(not _can_isolate(), reason="needs unshare with network/PID namespaces (root)")
 
 
+# Inside the namespace /tmp/ray is a fresh tmpfs (the mount namespace is private), so no Ray session of another test
+# or an earlier run is visible. It starts with a stale ray_current_cluster, as a `ray start` that is long gone leaves
+# it: a local Ray started by the executor must not try to join that address (it did, and waited for its GCS).
+SETUP = ("ip link set lo up && mkdir -p /tmp/ray && mount -t tmpfs -o size=512m fedhive-ray /tmp/ray"
+         " && echo 127.0.0.1:1 > /tmp/ray/ray_current_cluster")
+
+
 def run_isolated(mode: str, timeout: float) -> dict:
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.pop("RAY_ADDRESS", None)
     cmd = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c",
-           'ip link set lo up && exec "$0" "$@"', sys.executable, str(PROBE), mode]
+           SETUP + ' && exec "$0" "$@"', sys.executable, str(PROBE), mode]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     try:

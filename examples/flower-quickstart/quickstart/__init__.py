@@ -1,0 +1,1 @@
+"""Flower's PyTorch quickstart pattern on a small generated dataset (nothing is downloaded)."""

@@ -1,0 +1,276 @@
+"""fedhive.flower: fedhive's strategies behind Flower's Strategy interface, driven over a fake Grid that answers with
+real Flower messages (as a stock ClientApp would); the real-process runs are in tests/deploy/test_flower_dropin.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+from flwr.serverapp.strategy import Result
+from flwr.serverapp.strategy import Strategy as FlowerStrategy
+from test_grid_transport import FakeGrid
+
+import fedhive.flower as F
+from fedhive import messages as M
+
+NAMES = ["fc.weight", "fc.bias"]
+CLASSES = [F.FedAvg, F.FedAsync, F.FedBuff, F.FedFix, F.FedCompass, F.FedASMU]
+SIZES = {11: 100, 12: 300, 13: 200}
+
+
+@pytest.fixture(autouse=True)
+def _identity(flower_identity):
+    yield
+
+
+def initial() -> ArrayRecord:
+    return ArrayRecord({"fc.weight": Array(np.zeros((3, 4), np.float32)), "fc.bias": Array(np.zeros(3, np.float32))})
+
+
+class Clients:
+    """A stock ClientApp per node: each train message moves the model toward the node's own target (so the
+    aggregate is a known weighted mean) and replies with Flower's quickstart records."""
+
+    def __init__(self, sizes=SIZES, broken: dict[int, str] | None = None):
+        self.sizes, self.broken = dict(sizes), dict(broken or {})
+        self.replies: list[Message] = []
+        self.configs: list[dict] = []
+        self.eval_configs: list[dict] = []
+
+    def __call__(self, msg: Message):
+        assert msg.metadata.message_type in ("train", "evaluate")  # no profile query
+        node = msg.metadata.dst_node_id
+        if msg.metadata.message_type == "evaluate":
+            return self.evaluate(node, msg)
+        self.configs.append(dict(msg.content["config"]))
+        arrays = msg.content["arrays"]
+        rng = np.random.default_rng(node * 1000 + len(self.configs))
+        new = {k: Array((a.numpy() + 0.5 * (node - 12) + rng.normal(0, 0.01, a.numpy().shape)).astype(np.float32))
+               for k, a in arrays.items()}
+        metrics = {"train_loss": float(node) / 10, "num-examples": self.sizes[node]}
+        kind = self.broken.get(node)
+        if kind == "no-num-examples":
+            del metrics["num-examples"]
+        content = RecordDict({"metrics": MetricRecord(metrics)})
+        if kind != "no-arrays":
+            content["arrays"] = ArrayRecord(new)
+        return content
+
+
+    def evaluate(self, node: int, msg: Message):
+        self.eval_configs.append(dict(msg.content["config"]))
+        kind = self.broken.get(node)
+        if kind == "evaluate-error":
+            return Error(2, "the ClientApp raised")
+        w = msg.content["arrays"]["fc.weight"].numpy()
+        metrics = {"eval_loss": float(np.abs(w).mean()) + node, "eval_acc": node / 100, "num-examples": self.sizes[node]}
+        if kind == "evaluate-no-num-examples":
+            del metrics["num-examples"]
+        return RecordDict({"metrics": MetricRecord(metrics)})
+
+
+def answering(clients: Clients, nodes=tuple(SIZES)) -> FakeGrid:
+    grid = FakeGrid(nodes, clients)
+    reply = grid.reply
+
+    def keep(mid, content):
+        r = reply(mid, content)
+        clients.replies.append(r)
+        return r
+
+    grid.reply = keep
+    return grid
+
+
+def central(version: int, arrays: ArrayRecord) -> MetricRecord:
+    w = arrays["fc.weight"].numpy()
+    return MetricRecord({"accuracy": float(1.0 / (1.0 + np.abs(w).mean())), "loss": float(np.abs(w).mean())})
+
+
+def test_each_class_is_a_flower_strategy_and_refuses_unknown_keywords():
+    for cls in CLASSES:
+        assert issubclass(cls, FlowerStrategy)
+        with pytest.raises(ValueError, match=r"unknown keyword\(s\) bufer; valid: .*min_available_nodes"):
+            cls(bufer=3)
+    with pytest.raises(ValueError, match="buffer_size"):
+        F.FedBuff(buffer_size=0)  # the strategy's own values are checked at construction
+    with pytest.raises(ValueError, match="fraction_evaluate"):
+        F.FedBuff(fraction_evaluate=1.5)
+    with pytest.raises(ValueError, match="fraction_train"):
+        F.FedAvg(fraction=0.5)
+    with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
+        F.FedAsync(resume=True)
+    with pytest.raises(NotImplementedError, match="event-driven"):
+        F.FedBuff().configure_train(1, initial(), ConfigRecord(), FakeGrid(()))
+
+
+def test_fedavg_gives_flowers_numbers_on_the_same_replies():
+    clients = Clients()
+    result = F.FedAvg(fraction_train=1.0, min_available_nodes=3).start(
+        grid=answering(clients), initial_arrays=initial(), num_rounds=1, timeout=30)
+    assert isinstance(result, Result)
+    assert len(clients.replies) == 3
+    arrays, metrics = FlowerFedAvg(fraction_evaluate=0.0).aggregate_train(1, clients.replies)
+    for name in NAMES:
+        np.testing.assert_allclose(result.arrays[name].numpy(), arrays[name].numpy(), rtol=1e-6, atol=1e-7)
+    assert set(result.train_metrics_clientapp) == {1}
+    ours = dict(result.train_metrics_clientapp[1])
+    assert set(ours) == set(dict(metrics)) == {"train_loss"}
+    assert ours["train_loss"] == pytest.approx(metrics["train_loss"], rel=1e-12)
+    assert clients.configs[0]["server-round"] == 1  # as Flower's FedAvg sets it
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_each_strategy_returns_flowers_result_keyed_by_version(cls):
+    clients = Clients()
+    kw = {"buffer_size": 2} if cls is F.FedBuff else {}
+    if cls is F.FedFix:
+        kw = {"interval": 0.05}
+    strategy = cls(min_available_nodes=3, local_steps_key="steps", **kw)
+    result = strategy.start(grid=answering(clients), initial_arrays=initial(), num_rounds=4, timeout=30,
+                            train_config=ConfigRecord({"lr": 0.05, "steps": 7}), evaluate_fn=central)
+    assert isinstance(result, Result)
+    assert list(result.arrays.keys()) == NAMES
+    assert [result.arrays[n].numpy().shape for n in NAMES] == [(3, 4), (3,)]
+    versions = sorted(result.evaluate_metrics_serverapp)
+    assert versions[0] == 0 and versions[-1] >= 4  # the first and the last model, and every version between
+    assert versions == list(range(versions[-1] + 1))
+    assert result.evaluate_metrics_serverapp[versions[-1]]["loss"] > 0  # the model moved
+    assert result.train_metrics_clientapp and min(result.train_metrics_clientapp) >= 1
+    assert all(set(dict(m)) == {"train_loss"} for m in result.train_metrics_clientapp.values())
+    assert all(c["lr"] == 0.05 and c["server-round"] >= 1 for c in clients.configs)
+    steps = {c["steps"] for c in clients.configs}
+    if cls is F.FedCompass:  # it chooses each client's local steps, over the user's value
+        assert steps and 7 not in steps and all(5 <= s <= 100 for s in steps), steps
+    else:
+        assert steps == {7}  # the user's value wins where the strategy's local_steps is a constant
+    # Tasks still in flight when the last version was made are answered, but not by the engine.
+    assert 4 <= strategy.counters["received"] <= len(clients.replies)
+    assert not strategy.counters.get("rejected")
+
+
+def test_local_steps_reach_a_stock_client_only_where_chosen_or_asked_for():
+    def steps_sent(strategy, train_config=None) -> set:
+        clients = Clients()
+        strategy.start(grid=answering(clients), initial_arrays=initial(), num_rounds=2, timeout=30,
+                       train_config=ConfigRecord(train_config or {}))
+        return {c.get("local-steps") for c in clients.configs}
+
+    assert steps_sent(F.FedBuff(buffer_size=2, min_available_nodes=3)) == {None}  # the client's own default
+    assert steps_sent(F.FedBuff(buffer_size=2, local_steps=9, min_available_nodes=3)) == {9}
+    assert steps_sent(F.FedBuff(buffer_size=2, local_steps=9, min_available_nodes=3), {"local-steps": 4}) == {4}
+    assert None not in steps_sent(F.FedCompass(min_available_nodes=3), {"local-steps": 4})
+
+
+def test_a_reply_without_num_examples_or_arrays_is_rejected_and_counted():
+    clients = Clients(broken={12: "no-num-examples", 13: "no-arrays"})
+    strategy = F.FedBuff(buffer_size=2, min_available_nodes=3)
+    result = strategy.start(grid=answering(clients), initial_arrays=initial(), num_rounds=2, timeout=30,
+                            evaluate_fn=central)
+    c = strategy.counters
+    assert c["rejected_malformed"] >= 2 and c["rejected"] == c["rejected_malformed"], c
+    assert c["update_applied"] + c.get("update_buffered", 0) == c["received"] - c["rejected"]
+    # Only node 11 (target +0.5 - 0.5 = -0.5 per step) made the model: no reply of 12 or 13 reached it.
+    w = result.arrays["fc.weight"].numpy()
+    assert np.all(w < 0), w
+
+
+def test_weighted_by_and_record_keys_are_the_users():
+    def client(msg: Message):
+        node = msg.metadata.dst_node_id
+        a = {k: Array(v.numpy() + (node - 11)) for k, v in msg.content["model"].items()}
+        return RecordDict({"model": ArrayRecord(a), "m": MetricRecord({"n": SIZES[node], "acc": 0.5})})
+
+    grid = FakeGrid(tuple(SIZES), client)
+    strategy = F.FedAvg(arrayrecord_key="model", configrecord_key="cfg", weighted_by_key="n", min_available_nodes=3)
+    result = strategy.start(grid=grid, initial_arrays=initial(), num_rounds=1, timeout=30)
+    assert all("cfg" in m.content and "model" in m.content for _, m in grid.of_type("train"))
+    # (100·0 + 300·1 + 200·2) / 600
+    np.testing.assert_allclose(result.arrays["fc.bias"].numpy(), np.full(3, 700 / 600, np.float32), rtol=1e-6)
+    assert dict(result.train_metrics_clientapp[1]) == {"acc": pytest.approx(0.5)}
+
+
+def test_too_few_nodes_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="only 1 of min_available_nodes=3 nodes connected within 0.3 s"):
+        F.FedAsync(min_available_nodes=3, wait_for_nodes=0.3).start(
+            grid=FakeGrid((11,), Clients()), initial_arrays=initial(), num_rounds=1, timeout=30)
+
+
+def test_checkpoints_resume_where_the_run_stopped(tmp_path):
+    strategy = F.FedAsync(min_available_nodes=3, checkpoint_dir=tmp_path / "ck")
+    first = strategy.start(grid=answering(Clients()), initial_arrays=initial(), num_rounds=3, timeout=30)
+    assert strategy.orchestrator.strategy.version == 3
+    again = F.FedAsync(min_available_nodes=3, checkpoint_dir=tmp_path / "ck", resume=True)
+    second = again.start(grid=answering(Clients()), initial_arrays=initial(), num_rounds=5, timeout=30)
+    assert again.orchestrator.strategy.version == 5
+    assert again.counters["update_applied"] == 5  # 3 before the resume and 2 after: the counters carry over
+    assert not np.array_equal(first.arrays["fc.weight"].numpy(), second.arrays["fc.weight"].numpy())
+    with pytest.raises(ValueError, match=r"none of the 2 checkpoint\(s\).*belongs to another run \(tensors"):
+        other = ArrayRecord({"fc.weight": Array(np.zeros((2, 4), np.float32)), "fc.bias": Array(np.zeros(3, np.float32))})
+        F.FedAsync(min_available_nodes=3, checkpoint_dir=tmp_path / "ck", resume=True).start(
+            grid=answering(Clients()), initial_arrays=other, num_rounds=6, timeout=30)
+
+
+
+def _evaluate_replies(clients: Clients, version: int) -> list[Message]:
+    return [r for r in clients.replies if "arrays" not in r.content
+            and clients_eval_round(clients, r) == version]
+
+
+def clients_eval_round(clients: Clients, reply: Message) -> int:
+    return clients.round_of[reply.metadata.reply_to_message_id]
+
+
+def test_federated_evaluation_gives_flowers_numbers():
+    clients = Clients()
+    grid = answering(clients)
+    rounds: dict[str, int] = {}
+    push = grid.push_messages
+
+    def remember(msgs):
+        ids = push(msgs)
+        for i, m in zip(ids, msgs):
+            if m.metadata.message_type == "evaluate":
+                rounds[i] = m.content["config"]["server-round"]
+        return ids
+
+    grid.push_messages = remember
+    clients.round_of = rounds
+    strategy = F.FedAvg(fraction_evaluate=1.0, min_available_nodes=3)
+    result = strategy.start(grid=grid, initial_arrays=initial(), num_rounds=2, timeout=30,
+                            evaluate_config=ConfigRecord({"batch": 8}))
+    assert sorted(result.evaluate_metrics_clientapp) == [1, 2]  # after each round, as Flower's (not the initial model)
+    assert all(c["batch"] == 8 for c in clients.eval_configs) and len(clients.eval_configs) == 6
+    for version in (1, 2):
+        replies = _evaluate_replies(clients, version)
+        assert len(replies) == 3
+        flower = FlowerFedAvg(fraction_evaluate=1.0).aggregate_evaluate(version, replies)
+        ours = dict(result.evaluate_metrics_clientapp[version])
+        assert set(ours) == set(dict(flower)) == {"eval_loss", "eval_acc"}
+        for k in ours:
+            assert ours[k] == pytest.approx(flower[k], rel=1e-9)
+    assert strategy.counters["evaluate_sent"] == strategy.counters["evaluate_received"] == 6
+
+
+def test_federated_evaluation_follows_the_schedule_and_counts_bad_replies():
+    clients = Clients(broken={12: "evaluate-error", 13: "evaluate-no-num-examples"})
+    strategy = F.FedAsync(fraction_evaluate=1.0, evaluate_every=2, min_available_nodes=3)
+    result = strategy.start(grid=answering(clients), initial_arrays=initial(), num_rounds=5, timeout=30)
+    assert sorted(result.evaluate_metrics_clientapp) == [2, 4, 5]  # every 2 versions, and the last
+    assert {c["server-round"] for c in clients.eval_configs} == {2, 4, 5}
+    c = strategy.counters
+    assert c["evaluate_sent"] == 9 and c["evaluate_received"] == 3, c
+    assert c["evaluate_failed_client_error"] == 3 and c["evaluate_rejected_malformed"] == 3, c
+    # Only node 11's replies are in the aggregate.
+    assert all(dict(m)["eval_acc"] == pytest.approx(0.11) for m in result.evaluate_metrics_clientapp.values())
+    # The model was never touched by an evaluation reply: the run made its versions from train replies only.
+    assert c["update_applied"] == 5
+
+
+def test_federated_evaluation_samples_a_fraction_idle_nodes_first():
+    clients = Clients()
+    strategy = F.FedBuff(buffer_size=3, fraction_evaluate=0.34, min_evaluate_nodes=1, min_available_nodes=3)
+    result = strategy.start(grid=answering(clients), initial_arrays=initial(), num_rounds=2, timeout=30)
+    assert sorted(result.evaluate_metrics_clientapp) == [1, 2]
+    assert len(clients.eval_configs) == 2  # max(int(3 × 0.34), 1) = 1 node per version
