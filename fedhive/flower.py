@@ -41,8 +41,8 @@ an ``evaluate`` message; ``Result.evaluate_metrics_clientapp[v]`` aggregates the
 ``evaluate_metrics_aggr_fn``. With an asynchronous strategy a version comes with every update or so: set
 ``evaluate_every`` so that evaluation does not crowd out training.
 
-Not built yet: FedASMU's device-side fetch and fusion from a stock ClientApp (it runs its server-side rule only;
-``fedhive agent`` clients do both).
+FedASMU's device side (fetch a newer global model mid-task and fuse it) runs in a ClientApp that trains through
+:func:`fedasmu_train`; a ClientApp that does not gets the server-side rule only.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ import math
 import time
 from logging import INFO
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -69,7 +69,7 @@ from fedhive.strategies import build, parameters
 from fedhive.strategies import params as P
 from fedhive.strategies.base import Strategy as FedhiveStrategy
 
-__all__ = ["FedAvg", "FedAsync", "FedBuff", "FedFix", "FedCompass", "FedASMU"]
+__all__ = ["FedAvg", "FedAsync", "FedBuff", "FedFix", "FedCompass", "FedASMU", "fedasmu_train"]
 
 log = logging.getLogger("fedhive.flower")
 
@@ -278,23 +278,6 @@ class _FederatedEvaluation(Observer):
 _EVAL_FAILURES = {"client_error", "timeout", "node_lost", "client_crashed"}
 
 
-class _Publisher(Observer):
-    """Publishes each new global model to FedASMU's model store."""
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-        self._strategy: FedhiveStrategy | None = None
-
-    def on_start(self, strategy: FedhiveStrategy, now: float) -> None:
-        self._strategy = strategy
-        self.on_aggregate(0.0, now)
-
-    def on_aggregate(self, seconds: float, now: float) -> None:
-        s = self._strategy
-        if s is not None and s.version != self.store.version:
-            self.store.publish(s.params, s.version)
-
-
 class _FedhiveFlowerStrategy(FlowerStrategy):
     """A fedhive strategy behind Flower's ``Strategy`` interface (see the module docstring)."""
 
@@ -445,7 +428,8 @@ class _FedhiveFlowerStrategy(FlowerStrategy):
         strategy = self._make_strategy()
         result = Result(arrays=initial_arrays)
         store = self._start_store(strategy)
-        extra = {} if store is None else {M.STORE_ADDRESS: store.address, M.STORE_TOKEN: store.token}
+        extra = {} if store is None else {M.STORE_ADDRESS: getattr(self, "store_public_address", None) or store.address,
+                                          M.STORE_TOKEN: store.token}
         make_config = self._message_config(user)
         transport = GridTransport(grid, names, ttl=timeout, poll_interval=self.poll_interval, query_profiles=False,
                                   arrays_key=self.arrayrecord_key, config_key=self.configrecord_key,
@@ -460,7 +444,9 @@ class _FedhiveFlowerStrategy(FlowerStrategy):
                                              self.evaluate_metrics_aggr_fn, self.weighted_by_key)
             observers.append(federated)
         if store is not None:
-            observers.append(_Publisher(store))
+            from fedhive.server.app import StorePublisher
+
+            observers.append(StorePublisher(store))
         metrics = None
         if self.metrics_address:
             from fedhive.server.metrics import ServerMetrics
@@ -504,20 +490,22 @@ class _FedhiveFlowerStrategy(FlowerStrategy):
                 raise RuntimeError(f"{type(self).__name__}: only {n} of min_available_nodes={need} nodes connected "
                                    f"within {wait:g} s; start more SuperNodes or lower min_available_nodes")
             run = orch.run(None if resume_from else initial, resume_from=resume_from)
+            self.counters = dict(orch.counters)
+            if federated is not None:
+                federated.finish(limit=min(timeout, EVALUATE_DRAIN_SECONDS))
+                result.evaluate_metrics_clientapp = dict(sorted(federated.by_version.items()))
+                self.counters.update(federated.counters)
+            transport.settle(limit=5.0)  # the store still serves the tasks still out (FedASMU's fetches)
         finally:
             if store is not None:
                 store.stop()
             if metrics is not None:
                 metrics.close()
-            self.counters = dict(orch.counters)
+            if not self.counters:
+                self.counters = dict(orch.counters)
         train_metrics.flush()
-        if federated is not None:
-            federated.finish(limit=min(timeout, EVALUATE_DRAIN_SECONDS))
-            result.evaluate_metrics_clientapp = dict(sorted(federated.by_version.items()))
-            self.counters.update(federated.counters)
         result.arrays = M.to_array_record(run.params, names)
         result.train_metrics_clientapp = dict(sorted(train_metrics.by_version.items()))
-        transport.settle(limit=5.0)
         flwr_log(INFO, "")
         flwr_log(INFO, "Strategy execution finished in %.2fs: %s global versions from %d client updates (%s)",
                  time.time() - t0, run.final["version"], run.final["client_updates"], run.stop_reason)
@@ -601,8 +589,10 @@ class FedCompass(_FedhiveFlowerStrategy):
 
 class FedASMU(_FedhiveFlowerStrategy):
     """FedASMU (Liu et al., 2024): staleness-aware server weights, plus a device-side fetch and fusion of a newer
-    global model mid-task. With a stock ClientApp only the server-side rule runs (the fetch needs fedhive's client:
-    ``fedhive agent``); the model store the devices fetch from is started by ``start`` (``store_address``).
+    global model mid-task. A stock ClientApp runs the server-side rule only; one that trains through
+    :func:`fedasmu_train` (or a ``fedhive agent``) does the device side too, fetching from the model store that
+    ``start`` runs at ``store_address`` (devices are told ``store_public_address`` if set: the address they reach it
+    at). Each train message carries ``local_steps`` under ``local_steps_key`` (the fetch is a step within them).
 
     Here ``server_adaptation`` defaults to ``"heuristic"``: the paper's ``"validation"`` needs a server-side
     validation gradient, which a Flower app does not give (pass ``validation_fn=params -> (loss, grads)`` with
@@ -610,11 +600,18 @@ class FedASMU(_FedhiveFlowerStrategy):
     """
 
     fedhive_name = "fedasmu"
-    _extra_keywords = {"store_address": "127.0.0.1:0", "validation_fn": None}
+    _extra_keywords = {"store_address": "127.0.0.1:0", "store_public_address": None, "validation_fn": None}
     _defaults = {"server_adaptation": "heuristic"}
+    _chooses_local_steps = True  # its fetch_step is a point within them: the device must train exactly these
 
     def _init_extra(self, settings: Mapping[str, Any]) -> None:
+        from fedhive.runconfig import host_port
+
         self.store_address = str(settings["store_address"])
+        host_port("store_address", self.store_address, any_port=True)
+        self.store_public_address = settings["store_public_address"]
+        if self.store_public_address is not None:
+            host_port("store_public_address", self.store_public_address)
         self.validation_fn = settings["validation_fn"]
         if self.validation_fn is not None and not callable(self.validation_fn):
             raise ValueError("validation_fn must be a function params -> (loss, grads), or None")
@@ -629,3 +626,73 @@ class FedASMU(_FedhiveFlowerStrategy):
         from fedhive.server.model_store import ModelStore
 
         return ModelStore(self.store_address)
+
+
+TrainFn = Callable[[list[np.ndarray], int], "tuple[Sequence[np.ndarray], Mapping[str, Any]]"]
+
+
+def fedasmu_train(msg: Message, train: TrainFn, *, arrayrecord_key: str = M.ARRAYS,
+                  configrecord_key: str = M.CONFIG, local_steps_key: str = "local-steps"
+                  ) -> tuple[ArrayRecord, dict[str, Any]]:
+    """FedASMU's device side in a ClientApp: train to the task's fetch step, fetch the newest global model from the
+    strategy's model store, fuse it in with the adaptive weight ``β``, train the remaining steps.
+
+    ``train(arrays, steps) -> (arrays, metrics)`` is the ClientApp's own training: ``steps`` optimiser steps from
+    ``arrays`` (numpy, in the message's ArrayRecord order), returning the new arrays and metrics with the mean
+    training ``loss`` (or ``train_loss``). Returns the reply's ArrayRecord and metrics (yours, plus FedASMU's ``gamma``,
+    ``upsilon``, ``beta``, ``fetch_version``, ``steps``, ``seconds``, and the version echo the server checks): add
+    ``num-examples`` and reply. A message without FedASMU's keys (another strategy) is one plain ``train`` call, and
+    a failed fetch trains on without it (logged)::
+
+        @app.train()
+        def train_fn(msg, context):
+            def steps(arrays, n):
+                model.load_state_dict(dict(zip(model.state_dict(), map(torch.from_numpy, arrays))))
+                loss = train(model, x, y, n, lr)
+                return [v.numpy() for v in model.state_dict().values()], {"train_loss": loss}
+            arrays, metrics = fedasmu_train(msg, steps)
+            metrics["num-examples"] = len(x)
+            return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
+    """
+    from fedhive.client.fetch import FetchError, fetch_model
+    from fedhive.strategies.fedasmu import DevicePlan
+
+    t0 = time.perf_counter()
+    config = dict(msg.content[configrecord_key])
+    record = msg.content[arrayrecord_key]
+    names = [str(k) for k in record.keys()]
+    params = [np.array(a.numpy(), copy=True) for a in record.values()]
+    steps = P.integer(f"config['{local_steps_key}'] (local steps)", config.get(local_steps_key, 0), low=0)
+    claim = config.get(M.VERSION)
+    base = P.integer(f"config['{M.VERSION}']", claim if claim is not None else 0, low=0)
+    store = config.get(M.STORE_ADDRESS)
+    plan = DevicePlan.of({**config, "local_steps": steps}, base) if store else None
+
+    def run(arrays: list[np.ndarray], n: int) -> tuple[list[np.ndarray], dict[str, Any]]:
+        out, metrics = train(arrays, n)
+        out = [np.asarray(a) for a in out]
+        if len(out) != len(names):
+            raise ValueError(f"train returned {len(out)} arrays for a model of {len(names)}")
+        metrics = dict(metrics)
+        if "loss" not in metrics and "train_loss" in metrics:
+            metrics["loss"] = metrics["train_loss"]
+        return out, metrics
+
+    if plan is None:
+        out, metrics = run(params, steps)
+    else:
+        local, first = run(params, plan.first)
+        try:
+            version, fetched, nbytes = fetch_model(str(store), str(config.get(M.STORE_TOKEN, "")), base,
+                                                   root_certificates=config.get(M.STORE_CA) or None)
+        except FetchError as exc:
+            log.warning("FedASMU fetch failed, training on without it: %s", exc)
+            version, fetched, nbytes = base, None, 0
+        mixed = plan.fuse(local, first, fetched, version, nbytes)
+        out, rest = run(mixed, plan.rest)
+        metrics = plan.finish(rest)
+    metrics = {k: v for k, v in metrics.items() if M.finite_number(v) is not None}
+    metrics["seconds"] = time.perf_counter() - t0
+    if claim is not None:
+        metrics[M.VERSION] = base
+    return M.to_array_record(out, names), metrics

@@ -214,7 +214,7 @@ class RunStatus(Observer):
         self.save("status.json", self.snapshot(now))
 
 
-class _Publisher(Observer):
+class StorePublisher(Observer):
     """Publishes every new global model to the model store (after updates and after timer-driven aggregations)."""
 
     def __init__(self, store: ModelStore) -> None:
@@ -296,7 +296,7 @@ def _run(grid: Grid, settings: RunSettings) -> RunResult:
     status = RunStatus(run_dir, settings, transport)
     observers: list[Observer] = [status]
     if store is not None:
-        observers.append(_Publisher(store))
+        observers.append(StorePublisher(store))
     metrics = None
     if settings["metrics-address"]:
         from .metrics import ServerMetrics

@@ -143,6 +143,8 @@ def test_each_strategy_returns_flowers_result_keyed_by_version(cls):
     steps = {c["steps"] for c in clients.configs}
     if cls is F.FedCompass:  # it chooses each client's local steps, over the user's value
         assert steps and 7 not in steps and all(5 <= s <= 100 for s in steps), steps
+    elif cls is F.FedASMU:  # its fetch step is a point within its own local_steps: it sends them, over the user's
+        assert steps == {20}
     else:
         assert steps == {7}  # the user's value wins where the strategy's local_steps is a constant
     # Tasks still in flight when the last version was made are answered, but not by the engine.
@@ -274,3 +276,76 @@ def test_federated_evaluation_samples_a_fraction_idle_nodes_first():
     result = strategy.start(grid=answering(clients), initial_arrays=initial(), num_rounds=2, timeout=30)
     assert sorted(result.evaluate_metrics_clientapp) == [1, 2]
     assert len(clients.eval_configs) == 2  # max(int(3 × 0.34), 1) = 1 node per version
+
+
+def test_fedasmu_train_fetches_and_fuses_from_the_strategys_store():
+    """A ClientApp training through fedasmu_train does FedASMU's device side against the store start() runs."""
+    seen: list[dict] = []
+
+    def client(msg: Message):
+        node = msg.metadata.dst_node_id
+        target = 0.5 * (node - 12)
+
+        def steps(arrays, n):
+            assert n in (msg.content["config"]["fetch_step"],
+                         msg.content["config"]["local-steps"] - msg.content["config"]["fetch_step"])
+            return [a + 0.1 * n * (target - a) for a in arrays], {"train_loss": 1.0 / (1 + n)}
+
+        arrays, metrics = F.fedasmu_train(msg, steps)
+        seen.append(metrics)
+        return RecordDict({"arrays": arrays, "metrics": MetricRecord({**metrics, "num-examples": SIZES[node]})})
+
+    strategy = F.FedASMU(local_steps=4, min_available_nodes=3)
+    result = strategy.start(grid=FakeGrid(tuple(SIZES), client), initial_arrays=initial(), num_rounds=6, timeout=30)
+    assert not strategy.counters.get("rejected"), strategy.counters  # the version echo agrees with the engine
+    fetched = [m for m in seen if m["fetch_version"] > m[M.VERSION]]
+    assert fetched and all(0 < m["beta"] < 1 for m in fetched), seen  # newer models were fetched and mixed in
+    assert all(m["beta"] == 0 for m in seen if m["fetch_version"] == m[M.VERSION])  # nothing newer: no mixing
+    assert all(m["steps"] == 4 and m[M.VERSION] >= 0 for m in seen)
+    assert sorted(result.evaluate_metrics_serverapp) == []  # no evaluate_fn given
+
+
+def test_fedasmu_train_without_a_store_is_one_plain_training():
+    msg = Message(RecordDict({"arrays": initial(), "config": ConfigRecord({"local-steps": 3})}), dst_node_id=11,
+                  message_type="train")
+    calls = []
+    arrays, metrics = F.fedasmu_train(msg, lambda a, n: (calls.append(n) or [x + 1 for x in a], {"loss": 0.5}))
+    assert calls == [3] and metrics["loss"] == 0.5 and M.VERSION not in metrics
+    assert np.all(arrays["fc.bias"].numpy() == 1)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_hostile_replies_are_rejected_and_counted_and_the_run_goes_on(cls):
+    """Node 12 answers every train message with the next of fedhive.faults.hostile_client's replies (real Flower
+    records: NaN, wrong shapes and dtypes, lying array headers, example counts of inf, 2^62, strings, ...) and every
+    evaluate message with a hostile one too; nodes 11 and 13 behave."""
+    from fedhive.faults.hostile_client import MAY_APPLY, REPLIES
+
+    kinds = sorted(REPLIES)
+    sent: list[str] = []
+    honest = Clients()
+
+    def client(msg: Message):
+        node = msg.metadata.dst_node_id
+        if node != 12:
+            return honest(msg)
+        if msg.metadata.message_type == "evaluate":
+            return RecordDict({"metrics": MetricRecord({"eval_loss": float("nan"), "num-examples": 2 ** 62})})
+        kind = kinds[len(sent) % len(kinds)]
+        sent.append(kind)
+        arrays = {k: msg.content["arrays"][k].numpy() for k in msg.content["arrays"].keys()}
+        return REPLIES[kind](msg, arrays).content
+
+    kw = {"buffer_size": 2} if cls is F.FedBuff else {"interval": 0.05} if cls is F.FedFix else {}
+    strategy = cls(min_available_nodes=3, fraction_evaluate=1.0, evaluate_every=2, **kw)
+    result = strategy.start(grid=FakeGrid(tuple(SIZES), client), initial_arrays=initial(), num_rounds=40, timeout=30,
+                            evaluate_fn=central)
+    c = strategy.counters
+    assert len(sent) >= 10, (len(sent), c)
+    harmful = [k for k in sent if k not in MAY_APPLY]
+    # Every harmful reply the engine received was rejected (some of the last may still have been in flight).
+    assert c.get("rejected", 0) >= len(harmful) - 3 and c.get("rejected", 0) <= len(harmful), (c, len(harmful))
+    assert all(np.isfinite(result.arrays[n].numpy()).all() for n in NAMES)
+    assert all(np.isfinite(list(m.values())).all() for m in result.train_metrics_clientapp.values())
+    assert c["evaluate_rejected_malformed"] >= 1  # 2^62 examples is beyond the bound: left out, not aggregated
+    assert all(np.isfinite(list(m.values())).all() for m in result.evaluate_metrics_clientapp.values())

@@ -342,7 +342,7 @@ def test_a_failure_that_closes_a_round_or_a_group_reports_and_publishes_the_mode
     before the group's deadline): its failure is what closes FedAvg's round or a FedCompass group, and that model
     change is reported and published like any other (before, failures bypassed the reporting path)."""
     from fedhive.engine import Fanout
-    from fedhive.server.app import _Publisher
+    from fedhive.server.app import StorePublisher
 
     cls, targets, speeds, init = scenario()
     slow = max(speeds, key=speeds.get)
@@ -356,7 +356,7 @@ def test_a_failure_that_closes_a_round_or_a_group_reports_and_publishes_the_mode
     transport = VirtualTransport(cls, durations(speeds), pull_toward(targets), fail_after=fail)
     watch, store = Changes(), FakeStore()
     res = Orchestrator(build(strategy, params), transport, stop=StopCondition(max_time=60.0),
-                       observer=Fanout([watch, _Publisher(store)])).run(init)
+                       observer=Fanout([watch, StorePublisher(store)])).run(init)
     versions = [v for v, _ in watch.changes]
     assert versions == list(range(1, res.final["version"] + 1))  # every version reported, once, in order
     assert store.published == list(range(0, res.final["version"] + 1))  # and every one published
