@@ -373,8 +373,8 @@ class _FedhiveFlowerStrategy(FlowerStrategy):
         for key, value in strategy.config().items():
             flwr_log(INFO, "\t├── %s: %s", key, value)
         flwr_log(INFO, "\t├── Min available nodes: %d", self.min_available_nodes)
-        flwr_log(INFO, "\t├── Weighted by: '%s'; arrays '%s', config '%s', local steps as '%s'", self.weighted_by_key,
-                 self.arrayrecord_key, self.configrecord_key, self.local_steps_key)
+        flwr_log(INFO, "\t├── Weighted by: '%s'; arrays '%s', config '%s', local steps as '%s'",
+                 self.weighted_by_key, self.arrayrecord_key, self.configrecord_key, self.local_steps_key)
         flwr_log(INFO, "\t├── Stop: num_rounds versions%s", f" or {self.max_time:g} s" if self.max_time else "")
         flwr_log(INFO, "\t├── evaluate_fn every %s version(s)%s", self.evaluate_every or "-",
                  f", every {self.evaluate_interval:g} s" if self.evaluate_interval else "")

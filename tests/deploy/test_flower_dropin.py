@@ -1,6 +1,7 @@
 """fedhive.flower on real Flower processes: the example app's stock ClientApp (no fedhive import) on a real SuperLink
 with three real SuperNodes, its ServerApp calling ``strategy.start`` with Flower's FedAvg and then with each fedhive
-class in its place; and the same app under Flower's simulation runtime (Ray backend) with every class, and federated evaluation."""
+class in its place; and the same app under Flower's simulation runtime (Ray backend) with every class and federated
+evaluation, then the example exactly as shipped."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ ALL = ["flwr.FedAvg", "FedAvg", "FedAsync", "FedBuff", "FedFix", "FedCompass", "
 # On real SuperNodes every task costs a new ClientApp process (torch imported) and Flower's 3-s idle poll, ~5-16 s on
 # this 2-core machine, so the deployment run takes Flower's FedAvg and the fedhive classes with Grid-side parts of
 # their own (FedCompass's local steps in the config, FedASMU's model store); every class runs under the simulation
-# runtime below, and fedhive.flower.FedAvg against Flower's FedAvg in tests/server/test_flower_dropin.py.
+# runtime below, and fedhive.flower.FedAvg against Flower's FedAvg in tests/server/test_flower_strategies.py.
 ON_SUPERNODES = ["flwr.FedAvg", "FedCompass", "FedASMU"]
 
 
@@ -37,7 +38,8 @@ def _app(dst: Path, rounds: int, strategies: list[str], out: Path, fraction_eval
     shutil.copytree(EXAMPLE, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pt"))
     shutil.copy(HERE / "dropin_app" / "every_strategy.py", dst / "quickstart" / "every_strategy.py")
     text = (dst / "pyproject.toml").read_text()
-    text = text.replace('serverapp = "quickstart.server_app_fedhive:app"', 'serverapp = "quickstart.every_strategy:app"')
+    text = text.replace('serverapp = "quickstart.server_app_fedhive:app"',
+                        'serverapp = "quickstart.every_strategy:app"')
     text = re.sub(r"num-server-rounds = \d+", f"num-server-rounds = {rounds}", text)
     text += f'strategies = "{",".join(strategies)}"\nout = "{out}"\nfraction-evaluate = {fraction_evaluate}\n'
     (dst / "pyproject.toml").write_text(text)
@@ -117,13 +119,21 @@ def test_the_same_app_under_flowers_simulation_runtime(tmp_path):
     (home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
     env = flower_env({"FLWR_HOME": str(home)})
     flwr = str(Path(sys.executable).parent / "flwr")
+    shipped = tmp_path / "shipped"  # the example as a user gets it: its own server app, FedCompass
+    shutil.copytree(EXAMPLE, shipped, ignore=shutil.ignore_patterns("__pycache__", "*.pt"))
     # --stream: flwr run follows the run's log until it ends (the namespace, and the SuperLink in it, end with it).
-    script = (f'{flwr} run {app} local --federation-config '
-              '"num-supernodes=3 client-resources-num-cpus=1 init-args-num-cpus=3" --stream')
+    federation = '--federation-config "num-supernodes=3 client-resources-num-cpus=1 init-args-num-cpus=3" --stream'
+    script = (f'{flwr} run {app} local {federation} && echo "=== shipped example ===" && '
+              f'{flwr} run {shipped} local --run-config "num-server-rounds=4 max-time=120.0" {federation}')
     t0 = time.monotonic()
     res = _isolated(["sh", "-c", script], env, 420)
     assert out.exists(), res.stdout[-6000:]
     results = json.loads(out.read_text())
     assert list(results) == names, res.stdout[-4000:]
     _check(results, names, 3, federated=True)
+    shipped_log = res.stdout.split("=== shipped example ===")[-1]
+    accuracy = [float(a) for a in re.findall(r"Global evaluation at version \d+: \{'accuracy': ([0-9.e+-]+)",
+                                             shipped_log)]
+    assert res.returncode == 0 and "Starting FedCompass strategy (fedhive)" in shipped_log, shipped_log[-4000:]
+    assert len(accuracy) >= 5 and accuracy[-1] > accuracy[0] + 0.1, (accuracy, shipped_log[-3000:])
     print(f"simulation: {time.monotonic() - t0:.0f} s", {k: round(v["seconds"], 1) for k, v in results.items()})

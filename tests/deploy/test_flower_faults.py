@@ -69,7 +69,8 @@ def test_stock_flower_clients_work_with_fedhive(tmp_path):
             cluster.add_supernode({"partition-id": i, "num-partitions": 2})
         # Two runs one after another on the same SuperNodes: an async run ends with tasks in flight, and a
         # SuperNode that pulls one after its run finished gets out of step (README, "The end of a run"); the
-        # synchronous FedAvg run after it would then stall. (FedBuff with stock clients: test_flower_dropin.py.)
+        # synchronous FedAvg run after it would then stall. (FedBuff with stock clients: the simulation run of
+        # test_flower_dropin.py.)
         for strategy, params in (("fedasync", ""), ("fedavg", "")):
             run_dir = tmp_path / strategy
             run_id = cluster.submit({"strategy": strategy, "strategy-params": params, "task": "synthetic",

@@ -1,5 +1,5 @@
 """fedhive.flower: fedhive's strategies behind Flower's Strategy interface, driven over a fake Grid that answers with
-real Flower messages (as a stock ClientApp would); the real-process runs are in tests/deploy/test_flower_dropin.py."""
+real Flower messages (as a stock ClientApp would). The real-process runs are in tests/deploy/test_flower_dropin.py."""
 
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ class Clients:
         if kind == "evaluate-error":
             return Error(2, "the ClientApp raised")
         w = msg.content["arrays"]["fc.weight"].numpy()
-        metrics = {"eval_loss": float(np.abs(w).mean()) + node, "eval_acc": node / 100, "num-examples": self.sizes[node]}
+        metrics = {"eval_loss": float(np.abs(w).mean()) + node, "eval_acc": node / 100,
+                   "num-examples": self.sizes[node]}
         if kind == "evaluate-no-num-examples":
             del metrics["num-examples"]
         return RecordDict({"metrics": MetricRecord(metrics)})
@@ -209,7 +210,8 @@ def test_checkpoints_resume_where_the_run_stopped(tmp_path):
     assert again.counters["update_applied"] == 5  # 3 before the resume and 2 after: the counters carry over
     assert not np.array_equal(first.arrays["fc.weight"].numpy(), second.arrays["fc.weight"].numpy())
     with pytest.raises(ValueError, match=r"none of the 2 checkpoint\(s\).*belongs to another run \(tensors"):
-        other = ArrayRecord({"fc.weight": Array(np.zeros((2, 4), np.float32)), "fc.bias": Array(np.zeros(3, np.float32))})
+        other = ArrayRecord({"fc.weight": Array(np.zeros((2, 4), np.float32)),
+                             "fc.bias": Array(np.zeros(3, np.float32))})
         F.FedAsync(min_available_nodes=3, checkpoint_dir=tmp_path / "ck", resume=True).start(
             grid=answering(Clients()), initial_arrays=other, num_rounds=6, timeout=30)
 
@@ -349,3 +351,32 @@ def test_hostile_replies_are_rejected_and_counted_and_the_run_goes_on(cls):
     assert all(np.isfinite(list(m.values())).all() for m in result.train_metrics_clientapp.values())
     assert c["evaluate_rejected_malformed"] >= 1  # 2^62 examples is beyond the bound: left out, not aggregated
     assert all(np.isfinite(list(m.values())).all() for m in result.evaluate_metrics_clientapp.values())
+
+
+def test_metrics_address_serves_prometheus_metrics_during_the_run():
+    import socket
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/metrics"
+    scraped: list[str] = []
+
+    def evaluate(version: int, arrays: ArrayRecord) -> MetricRecord:
+        if version >= 3:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                scraped.append(r.read().decode())
+        return central(version, arrays)
+
+    strategy = F.FedBuff(buffer_size=2, min_available_nodes=3, metrics_address=f"127.0.0.1:{port}")
+    strategy.start(grid=answering(Clients()), initial_arrays=initial(), num_rounds=3, timeout=30, evaluate_fn=evaluate)
+    assert scraped, "evaluate_fn never saw version 3"
+    lines = [line for line in scraped[-1].splitlines() if line.startswith("fedhive_updates_total")]
+    # Version 3 is evaluated as the 6th update makes it, before that update is counted: 5 so far.
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in lines) == 5, lines
+    with pytest.raises(urllib.error.URLError):  # the endpoint closes with the run
+        urllib.request.urlopen(url, timeout=5)
+    with pytest.raises(ValueError, match="metrics_address"):
+        F.FedBuff(metrics_address="not an address")
