@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import time
 from logging import INFO
 from pathlib import Path
@@ -64,7 +63,6 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords, log_
 
 from fedhive import messages as M
 from fedhive.engine import Fanout, Observer, Orchestrator, StopCondition
-from fedhive.engine import checkpoint as ckpt
 from fedhive.strategies import build, parameters
 from fedhive.strategies import params as P
 from fedhive.strategies.base import Strategy as FedhiveStrategy
@@ -285,6 +283,7 @@ class _FedhiveFlowerStrategy(FlowerStrategy):
     _extra_keywords: ClassVar[dict[str, Any]] = {}
     _renamed: ClassVar[dict[str, str]] = {}  # Flower keyword -> the fedhive strategy's
     _defaults: ClassVar[dict[str, Any]] = {}  # fedhive strategy keywords whose default differs here
+    store_public_address: str | None = None  # FedASMU's: the model store's address as devices reach it
 
     def __init__(self, **kwargs: Any) -> None:
         own = {k: v for k, v in parameters(self.fedhive_name).items() if k != "non_trainable"}
@@ -335,7 +334,6 @@ class _FedhiveFlowerStrategy(FlowerStrategy):
             host_port("metrics_address", self.metrics_address, any_port=True)
         self.wait_for_nodes = _positive_or_none("wait_for_nodes (seconds)", settings["wait_for_nodes"])
         self.poll_interval = P.number("poll_interval (seconds)", settings["poll_interval"], low=0.0, low_open=True)
-        self._settings = settings
         self._local_steps_given = "local_steps" in kwargs  # sent to clients only if the user set it (or chosen)
         self._init_extra(settings)
         build(self.fedhive_name, self.strategy_params)  # every strategy value checked now, not at start()
@@ -428,7 +426,7 @@ class _FedhiveFlowerStrategy(FlowerStrategy):
         strategy = self._make_strategy()
         result = Result(arrays=initial_arrays)
         store = self._start_store(strategy)
-        extra = {} if store is None else {M.STORE_ADDRESS: getattr(self, "store_public_address", None) or store.address,
+        extra = {} if store is None else {M.STORE_ADDRESS: self.store_public_address or store.address,
                                           M.STORE_TOKEN: store.token}
         make_config = self._message_config(user)
         transport = GridTransport(grid, names, ttl=timeout, poll_interval=self.poll_interval, query_profiles=False,

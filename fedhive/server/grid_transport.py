@@ -53,7 +53,7 @@ from fedhive.strategies.base import ClientInfo, Dispatch, Task, Update
 from fedhive.strategies.params import number
 
 if TYPE_CHECKING:
-    from flwr.app import ArrayRecord, Message
+    from flwr.app import ArrayRecord, Message, RecordDict
     from flwr.serverapp import Grid
 
 log = logging.getLogger("fedhive.grid")
@@ -503,15 +503,7 @@ class GridTransport(Transport):
             content = reply.content
             if self.arrays_key not in content:
                 raise ValueError(f"the reply has no '{self.arrays_key}' record")
-            if M.METRICS in content:
-                raw = dict(content[M.METRICS])
-            else:  # as Flower's strategies read it: the reply's (first) MetricRecord, whatever its name
-                records = list(content.metric_records.values())
-                raw = dict(records[0]) if records else {}
-            if self.weight_key is not None:
-                key = self.weight_key
-            else:
-                key = "num-examples" if "num-examples" in raw else "num_examples"
+            raw, key = self._reply_metrics(content)
             if key not in raw:
                 raise ValueError(f"the reply's metrics have no '{self.weight_key or 'num-examples'}'")
             n = M.example_count(raw[key])
@@ -540,6 +532,18 @@ class GridTransport(Transport):
             metrics["loss"] = metrics["train_loss"]
         self._bytes += sum(int(p.nbytes) for p in params)
         return Result(sent.task_id, Update(src, claim, params, n, metrics), now)
+
+    def _reply_metrics(self, content: RecordDict) -> tuple[dict[Any, Any], str]:
+        """A reply's metrics (its ``metrics`` record, else, as Flower's strategies read it, its first MetricRecord
+        whatever its name; ``{}`` if none) and the name of its example count (``weight_key``, else ``num-examples``,
+        or ``num_examples`` where only that is there)."""
+        if M.METRICS in content:
+            raw = dict(content[M.METRICS])
+        else:
+            records = list(content.metric_records.values())
+            raw = dict(records[0]) if records else {}
+        key = self.weight_key or ("num-examples" if "num-examples" in raw else "num_examples")
+        return raw, key
 
     @staticmethod
     def _claim(claim: object) -> object:
@@ -646,9 +650,6 @@ class GridTransport(Transport):
         out, self._eval_results = self._eval_results, []
         return out
 
-    def evaluations_in_flight(self) -> int:
-        return len(self._evals)
-
     def drain_evaluations(self, limit: float) -> None:
         """Pull until every evaluation sent has its reply, or ``limit`` seconds passed."""
         end = self._clock() + limit
@@ -666,10 +667,7 @@ class GridTransport(Transport):
             code = int(reply.error.code)
             return ev.version, ev.node_id, {}, 0, ERROR_REASONS.get(code, f"error_{code}")
         try:
-            content = reply.content
-            records = [content[M.METRICS]] if M.METRICS in content else list(content.metric_records.values())
-            raw = dict(records[0]) if records else {}
-            key = self.weight_key or ("num-examples" if "num-examples" in raw else "num_examples")
+            raw, key = self._reply_metrics(reply.content)
             n = M.example_count(raw.pop(key, None))
         except Exception:  # a hostile reply: only this evaluation is lost
             log.warning("undecodable evaluate reply from node %s", ev.node_id, exc_info=True)

@@ -6,17 +6,15 @@ evaluation, then the example exactly as shipped."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import dump_logs, wait_for, wait_for_none
+from isolation import can_isolate, run_isolated
 
 from fedhive.client.agent import flower_env
 from fedhive.localcluster import LocalCluster
@@ -88,28 +86,7 @@ def test_stock_flower_app_runs_flowers_fedavg_then_fedhive_classes_in_its_place(
     assert not wait_for_none(cluster)
 
 
-def _isolated(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
-    """``cmd`` in fresh network and PID namespaces (Flower's simulation SuperLink and Ray listen on every interface,
-    and the SuperLink stays up after ``flwr run``): loopback only, and everything dies with the namespace."""
-    wrapped = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c",
-               'ip link set lo up && exec "$0" "$@"', *cmd]
-    proc = subprocess.Popen(wrapped, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return subprocess.CompletedProcess(wrapped, proc.returncode, out, "")
-
-
-def _can_isolate() -> bool:
-    return shutil.which("unshare") is not None and subprocess.run(
-        ["unshare", "--net", "--pid", "--fork", "--mount-proc", "true"], capture_output=True).returncode == 0
-
-
-@pytest.mark.skipif(not _can_isolate(), reason="needs unshare with network/PID namespaces (root)")
+@pytest.mark.skipif(not can_isolate(), reason="needs unshare with network/PID namespaces (root)")
 def test_the_same_app_under_flowers_simulation_runtime(tmp_path):
     out = tmp_path / "results.json"
     names = ALL
@@ -126,7 +103,8 @@ def test_the_same_app_under_flowers_simulation_runtime(tmp_path):
     script = (f'{flwr} run {app} local {federation} && echo "=== shipped example ===" && '
               f'{flwr} run {shipped} local --run-config "num-server-rounds=4 max-time=120.0" {federation}')
     t0 = time.monotonic()
-    res = _isolated(["sh", "-c", script], env, 420)
+    # Run from tmp_path: the shipped example's ServerApp saves final_model.pt in its working folder.
+    res = run_isolated(["sh", "-c", script], env, 420, cwd=tmp_path)
     assert out.exists(), res.stdout[-6000:]
     results = json.loads(out.read_text())
     assert list(results) == names, res.stdout[-4000:]

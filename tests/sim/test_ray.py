@@ -10,28 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from isolation import can_isolate, run_isolated
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.timeout(420)
 
 PROBE = Path(__file__).with_name("ray_probe.py")
 
-
-def _can_isolate() -> bool:
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return False
-    return subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc", "true"],
-                          capture_output=True).returncode == 0
-
-
-needs_namespaces = pytest.mark.skipif(not _can_isolate(), reason="needs unshare with network/PID namespaces (root)")
+needs_namespaces = pytest.mark.skipif(not can_isolate(), reason="needs unshare with network/PID namespaces (root)")
 
 
 # Inside the namespace /tmp/ray is a fresh tmpfs (the mount namespace is private), so no Ray session of another test
@@ -41,28 +31,19 @@ SETUP = ("ip link set lo up && mkdir -p /tmp/ray && mount -t tmpfs -o size=512m 
          " && echo 127.0.0.1:1 > /tmp/ray/ray_current_cluster")
 
 
-def run_isolated(mode: str, timeout: float) -> dict:
+def run_probe(mode: str, timeout: float) -> dict:
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop("RAY_ADDRESS", None)
-    cmd = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c",
-           SETUP + ' && exec "$0" "$@"', sys.executable, str(PROBE), mode]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:  # the namespace's processes all die with its first one
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    lines = [line for line in out.splitlines() if line.startswith("PROBE ")]
-    assert proc.returncode == 0 and lines, out[-6000:]
+    res = run_isolated([sys.executable, str(PROBE), mode], env, timeout, setup=SETUP)
+    lines = [line for line in res.stdout.splitlines() if line.startswith("PROBE ")]
+    assert res.returncode == 0 and lines, res.stdout[-6000:]
     return json.loads(lines[-1][len("PROBE "):])
 
 
 @needs_namespaces
 def test_ray_and_inline_give_the_same_model():
-    r = run_isolated("local", 300)
+    r = run_probe("local", 300)
     assert not r["ray_left_running"]  # the executor shut down the Ray it started
     assert r["ray"]["version"] == r["inline"]["version"] > 5
     assert r["ray"]["history"] == r["inline"]["history"]
@@ -71,7 +52,7 @@ def test_ray_and_inline_give_the_same_model():
 
 @needs_namespaces
 def test_autoscaler_adds_workers_for_waiting_trainings_and_removes_them_after():
-    r = run_isolated("autoscale", 400)
+    r = run_probe("autoscale", 400)
     # The head holds no trainings: six clients' trainings waiting for CPUs made the autoscaler add worker nodes
     # (2 CPUs each, at most 3), and after the run they went away (idle timeout 6 s).
     assert r["workers_before"] == 0
