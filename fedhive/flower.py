@@ -14,7 +14,8 @@ global model version: ``num_rounds`` is the number of versions to make, and ever
 ``evaluate_metrics_serverapp[v]`` is ``evaluate_fn(v, arrays)``). For :class:`FedAvg` a version is a round.
 
 Underneath is fedhive's event-driven engine (:class:`fedhive.engine.Orchestrator` over
-:class:`fedhive.server.grid_transport.GridTransport`), the same one as fedhive's own ServerApp: every reply is
+:class:`fedhive.server.grid_transport.GridTransport`, built by :meth:`_FedhiveFlowerStrategy.prepare` as an
+:class:`EngineRun`), the same one fedhive's own ServerApp runs through the same ``prepare``: every reply is
 validated (a reply without the array record, without ``weighted_by_key``, with arrays of the wrong shape or dtype, or
 non-finite, is rejected and counted in ``strategy.counters``; the model is untouched), metrics are coerced to finite
 numbers, and the run can checkpoint, resume and serve Prometheus metrics.
@@ -67,7 +68,8 @@ from fedhive.strategies import build, parameters
 from fedhive.strategies import params as P
 from fedhive.strategies.base import Strategy as FedhiveStrategy
 
-__all__ = ["FedAvg", "FedAsync", "FedBuff", "FedFix", "FedCompass", "FedASMU", "fedasmu_train"]
+__all__ = ["FedAvg", "FedAsync", "FedBuff", "FedFix", "FedCompass", "FedASMU", "EngineRun", "fedasmu_train",
+           "strategy_class"]
 
 log = logging.getLogger("fedhive.flower")
 
@@ -114,7 +116,12 @@ def _record_to_arrays(record: ArrayRecord) -> tuple[list[str], list[np.ndarray]]
     if len(record) == 0:
         raise ValueError("initial_arrays is empty: give the model's ArrayRecord (e.g. ArrayRecord(model.state_dict()))")
     names = [str(k) for k in record.keys()]
-    return names, [np.array(a.numpy(), copy=True) for a in record.values()]
+    arrays = [np.array(a.numpy(), copy=True) for a in record.values()]
+    for name, a in zip(names, arrays):
+        if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
+            raise ValueError(f"initial_arrays {name!r} is not finite (NaN or infinity): every reply would be "
+                             "measured against it; initialise the model first")
+    return names, arrays
 
 
 def _evaluation_numbers(rec: Mapping[str, Any]) -> dict[str, float]:
@@ -276,6 +283,65 @@ class _FederatedEvaluation(Observer):
 _EVAL_FAILURES = {"client_error", "timeout", "node_lost", "client_crashed"}
 
 
+class EngineRun:
+    """One run of a fedhive strategy over a Flower Grid: the engine under both front doors.
+
+    :meth:`_FedhiveFlowerStrategy.prepare` builds it: the run folder tidied (and the checkpoint to resume from
+    found), the model store for a strategy that needs one (its address and token go to every train message), the
+    :class:`~fedhive.server.grid_transport.GridTransport`, the Prometheus endpoint, and the
+    :class:`~fedhive.engine.Orchestrator`. ``start()`` (the Flower front door) and fedhive's own ServerApp
+    (:mod:`fedhive.server.app`) each add their observers, :meth:`wait_for_nodes`, :meth:`run`, :meth:`settle` and
+    :meth:`close` it; so every reply is validated and counted, checkpointed and exported the same way in both.
+    """
+
+    def __init__(self, orchestrator: Orchestrator, transport: Any, fanout: Fanout, initial: list[np.ndarray],
+                 resume_from: Path | None, store: Any, metrics: Any) -> None:
+        self.orchestrator = orchestrator
+        self.transport = transport
+        self.store = store  # the ModelStore, or None
+        self.metrics = metrics  # the ServerMetrics serving the endpoint, or None
+        self.resume_from = resume_from  # the checkpoint folder the run continues from, or None (a new run)
+        self._fanout = fanout
+        self._initial = initial
+
+    @property
+    def strategy(self) -> FedhiveStrategy:
+        return self.orchestrator.strategy
+
+    def observe(self, observer: Observer, *, first: bool = False) -> None:
+        """Add ``observer`` (before :meth:`run`); ``first``: before the run's own (store, metrics)."""
+        if first:
+            self._fanout.observers.insert(0, observer)
+        else:
+            self._fanout.observers.append(observer)
+
+    def wait_for_nodes(self, need: int, seconds: float) -> int:
+        """Wait up to ``seconds`` for ``need`` connected nodes; how many there are."""
+        return int(self.transport.wait_for_clients(need, seconds))
+
+    def run(self) -> Any:
+        """The orchestrator's run (from the newest usable checkpoint when resuming): its ``RunResult``."""
+        return self.orchestrator.run(None if self.resume_from else self._initial, resume_from=self.resume_from)
+
+    def settle(self, limit: float) -> None:
+        """Collect (and discard) the replies still out, up to ``limit`` seconds; the store keeps serving them."""
+        self.transport.settle(limit=limit)
+
+    def close(self) -> None:
+        """Stop the model store and the metrics endpoint (idempotent)."""
+        store, metrics, self.store, self.metrics = self.store, self.metrics, None, None
+        if store is not None:
+            store.stop()
+        if metrics is not None:
+            metrics.close()
+
+    def __enter__(self) -> "EngineRun":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class _FedhiveFlowerStrategy(FlowerStrategy):
     """A fedhive strategy behind Flower's ``Strategy`` interface (see the module docstring)."""
 
@@ -400,6 +466,73 @@ class _FedhiveFlowerStrategy(FlowerStrategy):
     def _make_strategy(self) -> FedhiveStrategy:
         return build(self.fedhive_name, self.strategy_params)
 
+    def prepare(self, grid: Grid, names: Sequence[str], initial: Sequence[np.ndarray], *, timeout: float,
+                stop: StopCondition, fingerprint: Mapping[str, Any], strategy: FedhiveStrategy | None = None,
+                evaluate: Callable[[Any], Mapping[str, float]] | None = None, eval_every_versions: int | None = None,
+                eval_interval: float | None = None, run_dir: Path | None = None,
+                on_metrics_error: Callable[[OSError], None] | None = None,
+                **transport_options: Any) -> EngineRun:
+        """The engine of one run, in fedhive's own types (numpy arrays, ``StopCondition``); ``start`` and
+        fedhive's own ServerApp both run through it.
+
+        ``strategy``: the fedhive strategy to run (default: the one this object's keywords make). ``evaluate``:
+        ``params -> {metric: number}`` (``accuracy`` for a target), every ``eval_every_versions`` versions and/or
+        ``eval_interval`` seconds. ``run_dir``: the folder whose leftover temporary files are removed (default
+        ``checkpoint_dir``). ``on_metrics_error(exc)``: called instead of raising when ``metrics_address`` cannot be
+        served (the run goes on without it). ``transport_options`` override the
+        :class:`~fedhive.server.grid_transport.GridTransport` defaults (``ttl=idle_timeout=timeout``, this object's
+        keys and ``poll_interval``, no profile queries, no loss alias).
+        """
+        from fedhive.server.app import StorePublisher, prepare_run_folder
+        from fedhive.server.grid_transport import GridTransport
+
+        strategy = strategy if strategy is not None else self._make_strategy()
+        ckpt_dir = self.checkpoint_dir
+        resume_from = None
+        if ckpt_dir is not None:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            resume_from = prepare_run_folder(run_dir or ckpt_dir, ckpt_dir, resume=self.resume)
+        options: dict[str, Any] = {"ttl": timeout, "idle_timeout": timeout, "poll_interval": self.poll_interval,
+                                   "query_profiles": False, "arrays_key": self.arrayrecord_key,
+                                   "config_key": self.configrecord_key, "weight_key": self.weighted_by_key,
+                                   "alias_loss": False}
+        options.update(transport_options)
+        store = self._start_store(strategy) if strategy.needs_model_store else None
+        metrics = None
+        try:
+            if store is not None:  # where the devices fetch from, in every train message
+                options["extra_config"] = {**dict(options.get("extra_config") or {}), **self._store_config(store)}
+            transport = GridTransport(grid, list(names), **options)
+            fanout = Fanout([])
+            if store is not None:
+                fanout.observers.append(StorePublisher(store))
+            if self.metrics_address:
+                from fedhive.server.metrics import ServerMetrics
+
+                try:
+                    metrics = ServerMetrics.serve(self.metrics_address, transport=transport)
+                except OSError as exc:
+                    if on_metrics_error is None:
+                        raise
+                    on_metrics_error(exc)
+                else:
+                    if store is not None:
+                        metrics.watch_store(store)
+                    fanout.observers.append(metrics)
+            orch = Orchestrator(strategy, transport, stop=stop, evaluate=evaluate,
+                                eval_every_versions=eval_every_versions if evaluate is not None else None,
+                                eval_interval=eval_interval if evaluate is not None else None,
+                                checkpoint_dir=ckpt_dir, checkpoint_every=self.checkpoint_every,
+                                fingerprint=fingerprint, observer=fanout)
+        except BaseException:
+            if store is not None:
+                store.stop()
+            if metrics is not None:
+                metrics.close()
+            raise
+        self.orchestrator = orch
+        return EngineRun(orch, transport, fanout, [np.asarray(p) for p in initial], resume_from, store, metrics)
+
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
               train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
               evaluate_fn: EvaluateFn | None = None) -> Result:
@@ -410,8 +543,6 @@ class _FedhiveFlowerStrategy(FlowerStrategy):
         ``evaluate_config`` (plus ``server-round``) goes with each federated evaluation: every ``evaluate_every``
         versions and the last, on ``fraction_evaluate`` of the connected nodes, idle ones first.
         """
-        from fedhive.server.grid_transport import GridTransport
-
         num_rounds = P.integer("num_rounds (global versions)", num_rounds, low=1)
         timeout = P.number("timeout (seconds)", timeout, low=0.0, low_open=True)
         if evaluate_fn is not None and not callable(evaluate_fn):
@@ -425,32 +556,6 @@ class _FedhiveFlowerStrategy(FlowerStrategy):
 
         strategy = self._make_strategy()
         result = Result(arrays=initial_arrays)
-        store = self._start_store(strategy)
-        extra = {} if store is None else {M.STORE_ADDRESS: self.store_public_address or store.address,
-                                          M.STORE_TOKEN: store.token}
-        make_config = self._message_config(user)
-        transport = GridTransport(grid, names, ttl=timeout, poll_interval=self.poll_interval, query_profiles=False,
-                                  arrays_key=self.arrayrecord_key, config_key=self.configrecord_key,
-                                  weight_key=self.weighted_by_key, alias_loss=False, idle_timeout=timeout,
-                                  make_config=lambda task: {**extra, **make_config(task)})
-        train_metrics = _TrainMetrics(self.train_metrics_aggr_fn, self.weighted_by_key)
-        observers: list[Observer] = [train_metrics]
-        federated = None
-        if self.fraction_evaluate > 0:
-            federated = _FederatedEvaluation(transport, self.fraction_evaluate, self.min_evaluate_nodes,
-                                             self.evaluate_every, dict(evaluate_config or {}),
-                                             self.evaluate_metrics_aggr_fn, self.weighted_by_key)
-            observers.append(federated)
-        if store is not None:
-            from fedhive.server.app import StorePublisher
-
-            observers.append(StorePublisher(store))
-        metrics = None
-        if self.metrics_address:
-            from fedhive.server.metrics import ServerMetrics
-
-            metrics = ServerMetrics.serve(self.metrics_address, transport=transport)
-            observers.append(metrics)
 
         def evaluate(params: Any) -> dict[str, float]:
             version = int(strategy.version)
@@ -465,42 +570,40 @@ class _FedhiveFlowerStrategy(FlowerStrategy):
 
         fingerprint = {"flower_app": True,
                        "tensors": [[n, list(p.shape), str(p.dtype)] for n, p in zip(names, initial)]}
-        ckpt_dir = self.checkpoint_dir
-        resume_from = None
-        if ckpt_dir is not None:
-            from fedhive.server.app import prepare_run_folder
-
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            resume_from = prepare_run_folder(ckpt_dir, ckpt_dir, resume=self.resume)
-        orch = Orchestrator(strategy, transport, stop=StopCondition(max_versions=num_rounds, max_time=self.max_time),
-                            evaluate=evaluate if evaluate_fn is not None else None,
-                            eval_every_versions=self.evaluate_every if evaluate_fn is not None else None,
-                            eval_interval=self.evaluate_interval if evaluate_fn is not None else None,
-                            checkpoint_dir=ckpt_dir, checkpoint_every=self.checkpoint_every,
-                            fingerprint=fingerprint, observer=Fanout(observers))
-        self.orchestrator = orch
+        engine = self.prepare(grid, names, initial, timeout=timeout, strategy=strategy,
+                              stop=StopCondition(max_versions=num_rounds, max_time=self.max_time),
+                              evaluate=evaluate if evaluate_fn is not None else None,
+                              eval_every_versions=self.evaluate_every, eval_interval=self.evaluate_interval,
+                              fingerprint=fingerprint, make_config=self._message_config(user))
+        train_metrics = _TrainMetrics(self.train_metrics_aggr_fn, self.weighted_by_key)
+        engine.observe(train_metrics, first=True)
+        federated = None
+        if self.fraction_evaluate > 0:
+            federated = _FederatedEvaluation(engine.transport, self.fraction_evaluate, self.min_evaluate_nodes,
+                                             self.evaluate_every, dict(evaluate_config or {}),
+                                             self.evaluate_metrics_aggr_fn, self.weighted_by_key)
+            engine.observe(federated)
         t0 = time.time()
-        try:
-            need = max(self.min_available_nodes, self._min_nodes())
-            wait = self.wait_for_nodes or timeout
-            n = transport.wait_for_clients(need, wait)
-            if n < need:
-                raise RuntimeError(f"{type(self).__name__}: only {n} of min_available_nodes={need} nodes connected "
-                                   f"within {wait:g} s; start more SuperNodes or lower min_available_nodes")
-            run = orch.run(None if resume_from else initial, resume_from=resume_from)
-            self.counters = dict(orch.counters)
-            if federated is not None:
-                federated.finish(limit=min(timeout, EVALUATE_DRAIN_SECONDS))
-                result.evaluate_metrics_clientapp = dict(sorted(federated.by_version.items()))
-                self.counters.update(federated.counters)
-            transport.settle(limit=5.0)  # the store still serves the tasks still out (FedASMU's fetches)
-        finally:
-            if store is not None:
-                store.stop()
-            if metrics is not None:
-                metrics.close()
-            if not self.counters:
-                self.counters = dict(orch.counters)
+        self.counters = {}
+        with engine:
+            try:
+                need = max(self.min_available_nodes, self._min_nodes())
+                wait = self.wait_for_nodes or timeout
+                n = engine.wait_for_nodes(need, wait)
+                if n < need:
+                    raise RuntimeError(f"{type(self).__name__}: only {n} of min_available_nodes={need} nodes "
+                                       f"connected within {wait:g} s; start more SuperNodes or lower "
+                                       "min_available_nodes")
+                run = engine.run()
+                self.counters = dict(engine.orchestrator.counters)
+                if federated is not None:
+                    federated.finish(limit=min(timeout, EVALUATE_DRAIN_SECONDS))
+                    result.evaluate_metrics_clientapp = dict(sorted(federated.by_version.items()))
+                    self.counters.update(federated.counters)
+                engine.settle(limit=5.0)  # the store still serves the tasks still out (FedASMU's fetches)
+            finally:
+                if not self.counters:
+                    self.counters = dict(engine.orchestrator.counters)
         train_metrics.flush()
         result.arrays = M.to_array_record(run.params, names)
         result.train_metrics_clientapp = dict(sorted(train_metrics.by_version.items()))
@@ -514,6 +617,10 @@ class _FedhiveFlowerStrategy(FlowerStrategy):
         for line in io.StringIO(str(result)):
             flwr_log(INFO, "\t%s", line.strip("\n"))
         return result
+
+    def _store_config(self, store: Any) -> dict[str, Any]:
+        """What a train message tells the device about the model store."""
+        return {M.STORE_ADDRESS: self.store_public_address or store.address, M.STORE_TOKEN: store.token}
 
     def _min_nodes(self) -> int:
         return 1
@@ -590,7 +697,9 @@ class FedASMU(_FedhiveFlowerStrategy):
     global model mid-task. A stock ClientApp runs the server-side rule only; one that trains through
     :func:`fedasmu_train` (or a ``fedhive agent``) does the device side too, fetching from the model store that
     ``start`` runs at ``store_address`` (devices are told ``store_public_address`` if set: the address they reach it
-    at). Each train message carries ``local_steps`` under ``local_steps_key`` (the fetch is a step within them).
+    at). ``store_certificates=(cert_file, key_file)``: the store speaks TLS; ``store_ca``: the CA certificate's path
+    on the devices, sent with each task for ``fedasmu_train`` to verify the store with. Each train message carries
+    ``local_steps`` under ``local_steps_key`` (the fetch is a step within them).
 
     Here ``server_adaptation`` defaults to ``"heuristic"``: the paper's ``"validation"`` needs a server-side
     validation gradient, which a Flower app does not give (pass ``validation_fn=params -> (loss, grads)`` with
@@ -598,7 +707,8 @@ class FedASMU(_FedhiveFlowerStrategy):
     """
 
     fedhive_name = "fedasmu"
-    _extra_keywords = {"store_address": "127.0.0.1:0", "store_public_address": None, "validation_fn": None}
+    _extra_keywords = {"store_address": "127.0.0.1:0", "store_public_address": None, "store_certificates": None,
+                       "store_ca": None, "validation_fn": None}
     _defaults = {"server_adaptation": "heuristic"}
     _chooses_local_steps = True  # its fetch_step is a point within them: the device must train exactly these
 
@@ -610,6 +720,16 @@ class FedASMU(_FedhiveFlowerStrategy):
         self.store_public_address = settings["store_public_address"]
         if self.store_public_address is not None:
             host_port("store_public_address", self.store_public_address)
+        certs = settings["store_certificates"]
+        if certs is not None and (not isinstance(certs, (tuple, list)) or len(certs) != 2
+                                  or not all(isinstance(c, (str, Path)) and str(c) for c in certs)):
+            raise ValueError("store_certificates must be (certificate_file, key_file) (PEM paths) for the model "
+                             f"store's TLS, or None; got {certs!r}")
+        self.store_certificates = None if certs is None else (str(certs[0]), str(certs[1]))
+        self.store_ca = settings["store_ca"] or None
+        if self.store_ca is not None and not isinstance(self.store_ca, str):
+            raise ValueError(f"store_ca must be the CA certificate's path on the devices (a string), got "
+                             f"{self.store_ca!r}")
         self.validation_fn = settings["validation_fn"]
         if self.validation_fn is not None and not callable(self.validation_fn):
             raise ValueError("validation_fn must be a function params -> (loss, grads), or None")
@@ -623,7 +743,26 @@ class FedASMU(_FedhiveFlowerStrategy):
     def _start_store(self, strategy: FedhiveStrategy) -> Any:
         from fedhive.server.model_store import ModelStore
 
-        return ModelStore(self.store_address)
+        return ModelStore(self.store_address, certificates=self.store_certificates)
+
+    def _store_config(self, store: Any) -> dict[str, Any]:
+        config = super()._store_config(store)
+        if self.store_ca:
+            config[M.STORE_CA] = self.store_ca
+        return config
+
+
+#: fedhive's strategy names -> their class here.
+STRATEGY_CLASSES: dict[str, type[_FedhiveFlowerStrategy]] = {
+    cls.fedhive_name: cls for cls in (FedAvg, FedAsync, FedBuff, FedFix, FedCompass, FedASMU)}
+
+
+def strategy_class(name: str) -> type[_FedhiveFlowerStrategy]:
+    """The class of fedhive strategy ``name`` (as in ``fedhive strategies``)."""
+    try:
+        return STRATEGY_CLASSES[name]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; one of {', '.join(STRATEGY_CLASSES)}") from None
 
 
 TrainFn = Callable[[list[np.ndarray], int], "tuple[Sequence[np.ndarray], Mapping[str, Any]]"]

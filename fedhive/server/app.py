@@ -2,7 +2,11 @@
 
 ``main`` reads the run config (keys in :mod:`fedhive.server.settings`), builds the task, the strategy and the stop
 condition, waits for ``min-clients`` nodes, and runs the orchestrator over a :class:`GridTransport` until the stop
-condition. With ``num-partitions`` >= 1 it builds the devices' partition too and weights each fedhive node by the size
+condition. It is a user of :mod:`fedhive.flower`'s engine: :func:`front_door` makes the ``fedhive.flower`` strategy
+object that carries the run's options and its :meth:`~fedhive.flower._FedhiveFlowerStrategy.prepare` builds the run
+(:class:`fedhive.flower.EngineRun`: run folder, model store, transport, metrics, orchestrator), the same engine a
+Flower app's ``strategy.start()`` runs; this module adds fedhive's devices' side of it (profile queries, partition
+sizes, the task's evaluation) and the run folder's files, heartbeat and stop signals. With ``num-partitions`` >= 1 it builds the devices' partition too and weights each fedhive node by the size
 of the partition its profile names, not by the node's claim (see :class:`GridTransport`'s ``partition_sizes``). It
 checkpoints into ``run-dir/checkpoints`` and, with ``resume=true``, continues from the newest checkpoint there. For
 FedASMU it also runs the model store (gRPC) and tells the devices where it is.
@@ -41,8 +45,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from fedhive import messages as M
-from fedhive.engine import Fanout, Observer, Orchestrator, RunResult, StopCondition, kernels
+from fedhive.engine import Observer, Orchestrator, RunResult, StopCondition, kernels
 from fedhive.engine import checkpoint as ckpt
 from fedhive.engine.build import strategy_for_task
 from fedhive.proto.modelfile import contiguous
@@ -261,117 +264,119 @@ def _file_log(path: Path) -> logging.Handler | None:
     return handler
 
 
+def front_door(settings: RunSettings) -> Any:
+    """The :mod:`fedhive.flower` strategy object that carries this run's options (checkpoints, resume, metrics,
+    polling, FedASMU's model store); the server app runs its engine (:meth:`~fedhive.flower.EngineRun`)."""
+    from fedhive.flower import strategy_class
+
+    cls = strategy_class(settings["strategy"])
+    options: dict[str, Any] = {"checkpoint_dir": settings.run_dir.resolve() / "checkpoints",
+                               "checkpoint_every": settings["checkpoint-every"], "resume": settings["resume"],
+                               "metrics_address": settings["metrics-address"] or None,
+                               "poll_interval": settings["poll-interval"]}
+    if "store_address" in cls._extra_keywords:
+        options.update(store_address=settings["store-address"],
+                       store_public_address=settings["store-public-address"] or None,
+                       store_certificates=(settings["tls-certfile"], settings["tls-keyfile"])
+                       if settings["tls-certfile"] else None, store_ca=settings["store-ca"] or None)
+    return cls(**options)
+
+
 def _run(grid: Grid, settings: RunSettings) -> RunResult:
     from fedhive.tasks import load_task
 
     kernels.install()  # the fused weighted sum for large tensors (fedhive.engine.kernels)
     run_dir = settings.run_dir.resolve()
-    ckpt_dir = run_dir / "checkpoints"
     run_dir.mkdir(parents=True, exist_ok=True)
     task = load_task(settings["task"], num_clients=max(1, settings["num-partitions"]),
                      partition=settings["partition"], alpha=settings["alpha"], seed=settings["seed"])
     strategy = strategy_for_task(settings["strategy"], settings.strategy_params, task, settings["local-steps"])
     initial = task.initial_params(settings["seed"])
     fingerprint = run_fingerprint(settings, task.param_names(), initial)
-    resume_from = prepare_run_folder(run_dir, ckpt_dir, resume=settings["resume"])
 
-    extra: dict[str, Any] = dict(settings.client_config())
-    store = None
-    if strategy.needs_model_store:
-        from .model_store import ModelStore
-
-        certs = (settings["tls-certfile"], settings["tls-keyfile"]) if settings["tls-certfile"] else None
-        store = ModelStore(settings["store-address"], certificates=certs)
-        public = settings["store-public-address"] or store.address
-        extra.update({M.STORE_ADDRESS: public, M.STORE_TOKEN: store.token})
-        if settings["store-ca"]:
-            extra[M.STORE_CA] = settings["store-ca"]
+    def metrics_failed(exc: OSError) -> None:
+        log.error("cannot serve metrics on %s (%s): running without them; set metrics-address to a free HOST:PORT, "
+                  "or '' for none", settings["metrics-address"], exc)
 
     # With num-partitions >= 1 the server's task is the devices' partition, so it knows each node's size (0: each node
     # partitions by its own node config, which the server cannot know; the nodes' claims are taken, capped).
     parts = settings["num-partitions"]
-    transport = GridTransport(grid, task.param_names(), ttl=settings["ttl"], poll_interval=settings["poll-interval"],
-                              extra_config=extra, partition_sizes=[int(task.num_examples(i)) for i in range(parts)]
-                              if parts >= 1 else None)
+    engine = front_door(settings).prepare(
+        grid, task.param_names(), initial, timeout=settings["ttl"], strategy=strategy,
+        stop=StopCondition(**settings.stop_condition()), fingerprint=fingerprint, evaluate=task.evaluate,
+        eval_interval=settings["eval-interval"], run_dir=run_dir, on_metrics_error=metrics_failed,
+        # fedhive's own devices: profiles asked, the run config's training settings, the lenient reply reading
+        query_profiles=True, extra_config=settings.client_config(), weight_key=None, alias_loss=True,
+        idle_timeout=IDLE_TIMEOUT,
+        partition_sizes=[int(task.num_examples(i)) for i in range(parts)] if parts >= 1 else None)
+    transport = engine.transport
     status = RunStatus(run_dir, settings, transport)
-    observers: list[Observer] = [status]
-    if store is not None:
-        observers.append(StorePublisher(store))
-    metrics = None
-    if settings["metrics-address"]:
-        from .metrics import ServerMetrics
-
-        try:
-            metrics = ServerMetrics.serve(settings["metrics-address"], transport=transport)
-        except OSError as exc:
-            log.error("cannot serve metrics on %s (%s): running without them; set metrics-address to a free "
-                      "HOST:PORT, or '' for none", settings["metrics-address"], exc)
-        else:
-            if store is not None:
-                metrics.watch_store(store)
-            metrics.watch_writes(status.all_write_errors)
-            observers.append(metrics)
-    orch = Orchestrator(strategy, transport, stop=StopCondition(**settings.stop_condition()), evaluate=task.evaluate,
-                        eval_interval=settings["eval-interval"], checkpoint_dir=ckpt_dir,
-                        checkpoint_every=settings["checkpoint-every"], fingerprint=fingerprint,
-                        observer=Fanout(observers))
-    status.orchestrator = orch
+    engine.observe(status, first=True)
+    if engine.metrics is not None:
+        engine.metrics.watch_writes(status.all_write_errors)
+    status.orchestrator = engine.orchestrator
     status.write(transport.now(), force=True)
-    n = transport.wait_for_clients(settings["min-clients"], settings["wait-clients"])
-    if n < settings["min-clients"]:
-        status.state = "failed"
-        status.write(transport.now(), force=True)
-        raise RuntimeError(f"only {n} of min-clients={settings['min-clients']} clients connected within "
-                           f"{settings['wait-clients']} s; start more agents or lower min-clients")
-    log.info("fedhive %s on %d clients, run folder %s%s", settings["strategy"], n, run_dir,
-             ", resuming from the newest usable checkpoint" if resume_from else "")
-    t0 = time.perf_counter()
-    # Until the run's files are written: a stop signal meanwhile waits; the heartbeat says the ServerApp lives.
-    with _StopOnSignal(orch, transport) as stop_signal, _Heartbeat(run_dir / HEARTBEAT_FILE):
-        try:
-            result = orch.run(None if resume_from else initial, resume_from=resume_from)
-        except BaseException:
+    with engine:  # the model store and the metrics endpoint stop however the run ends
+        n = engine.wait_for_nodes(settings["min-clients"], settings["wait-clients"])
+        if n < settings["min-clients"]:
             status.state = "failed"
             status.write(transport.now(), force=True)
-            raise
-        finally:
-            if store is not None:
-                store.stop()
-            if metrics is not None:
-                metrics.close()
-        wall = time.perf_counter() - t0
-        if stop_signal.signum:
-            log.warning("%s: the run stopped at version %s; writing its final files (resume=true continues it)",
-                        signal.Signals(stop_signal.signum).name, result.final["version"])
-        transport.settle(limit=3.0 if stop_signal.signum else 20.0)  # a stop signal leaves a few seconds at most
-        final = dict(result.final)
-        final["wall_seconds"] = wall
-        final["stop_reason"] = result.stop_reason
-        out = {"strategy": settings["strategy"], "task": settings["task"], "seed": settings["seed"],
-               "strategy_config": strategy.config(), "history": result.history, "final": final,
-               "counters": result.counters, "updates_by_class": dict(status.updates_by_class),
-               "arrivals": status.arrivals, "groups": _group_spread(status.arrivals),
-               "grid": {"pull_seconds": transport.pull_seconds, "push_seconds": transport.push_seconds,
-                        "pulls": transport.pulls, "profile_rejections": dict(transport.profile_rejections),
-                        "metric_rejections": dict(transport.metric_rejections)}}
-        try:  # before the history that reports it; best effort (the final checkpoint holds the model too)
-            save_model(run_dir / "model.safetensors", result.params, task.param_names())
-        except OSError as exc:
-            status.write_errors["model.safetensors"] += 1
-            log.error("could not write %s (%s); the final checkpoint holds the model", run_dir / "model.safetensors",
-                      exc)
-        out["write_errors"] = status.all_write_errors()
-        status.save("history.json", out)
-        try:
-            plot_history(result.history, run_dir / "accuracy_vs_time.png", settings["strategy"])
-        except Exception as exc:  # a plot is a convenience; never fail a finished run over it
-            log.warning("could not draw accuracy_vs_time.png: %s", exc)
-        status.state = "stopped" if stop_signal.signum else "finished"
-        status.write(transport.now(), force=True)
-        log.info("%s (%s): version %s, accuracy %s, %s client updates", status.state, result.stop_reason,
-                 final["version"], final["accuracy"], final["client_updates"])
+            raise RuntimeError(f"only {n} of min-clients={settings['min-clients']} clients connected within "
+                               f"{settings['wait-clients']} s; start more agents or lower min-clients")
+        log.info("fedhive %s on %d clients, run folder %s%s", settings["strategy"], n, run_dir,
+                 ", resuming from the newest usable checkpoint" if engine.resume_from else "")
+        t0 = time.perf_counter()
+        # Until the run's files are written: a stop signal meanwhile waits; the heartbeat says the ServerApp lives.
+        with _StopOnSignal(engine.orchestrator, transport) as stop_signal, _Heartbeat(run_dir / HEARTBEAT_FILE):
+            try:
+                result = engine.run()
+            except BaseException:
+                status.state = "failed"
+                status.write(transport.now(), force=True)
+                raise
+            wall = time.perf_counter() - t0
+            if stop_signal.signum:
+                log.warning("%s: the run stopped at version %s; writing its final files (resume=true continues it)",
+                            signal.Signals(stop_signal.signum).name, result.final["version"])
+            engine.settle(limit=3.0 if stop_signal.signum else 20.0)  # a stop signal leaves a few seconds at most
+            engine.close()
+            _write_results(run_dir, settings, strategy, result, wall, status, transport)
+            status.state = "stopped" if stop_signal.signum else "finished"
+            status.write(transport.now(), force=True)
+            log.info("%s (%s): version %s, accuracy %s, %s client updates", status.state, result.stop_reason,
+                     result.final["version"], result.final["accuracy"], result.final["client_updates"])
     stop_signal.redeliver()
     return result
+
+
+#: How long a run with nothing in flight waits for a change before it gives up (GridTransport's ``idle_timeout``).
+IDLE_TIMEOUT = 600.0
+
+
+def _write_results(run_dir: Path, settings: RunSettings, strategy: Strategy, result: RunResult, wall: float,
+                   status: "RunStatus", transport: GridTransport) -> None:
+    """``model.safetensors``, ``history.json`` and ``accuracy_vs_time.png``; best effort (errors logged, counted)."""
+    final = dict(result.final)
+    final["wall_seconds"] = wall
+    final["stop_reason"] = result.stop_reason
+    out = {"strategy": settings["strategy"], "task": settings["task"], "seed": settings["seed"],
+           "strategy_config": strategy.config(), "history": result.history, "final": final,
+           "counters": result.counters, "updates_by_class": dict(status.updates_by_class),
+           "arrivals": status.arrivals, "groups": _group_spread(status.arrivals),
+           "grid": {"pull_seconds": transport.pull_seconds, "push_seconds": transport.push_seconds,
+                    "pulls": transport.pulls, "profile_rejections": dict(transport.profile_rejections),
+                    "metric_rejections": dict(transport.metric_rejections)}}
+    try:  # before the history that reports it; best effort (the final checkpoint holds the model too)
+        save_model(run_dir / "model.safetensors", result.params, transport.param_names)
+    except OSError as exc:
+        status.write_errors["model.safetensors"] += 1
+        log.error("could not write %s (%s); the final checkpoint holds the model", run_dir / "model.safetensors", exc)
+    out["write_errors"] = status.all_write_errors()
+    status.save("history.json", out)
+    try:
+        plot_history(result.history, run_dir / "accuracy_vs_time.png", settings["strategy"])
+    except Exception as exc:  # a plot is a convenience; never fail a finished run over it
+        log.warning("could not draw accuracy_vs_time.png: %s", exc)
 
 
 HEARTBEAT_SECONDS = 2.0  # how often run-dir/HEARTBEAT_FILE is touched while the run runs

@@ -146,8 +146,8 @@ class GridTransport(Transport):
         ClientApp has no ``query.profile`` handler): nodes join at once as ``unknown`` with 0 examples, and their
         replies' counts are what weights them.
     make_config
-        ``task -> config`` of a train message, instead of ``{**extra_config, **task.config}`` (the task id and the
-        model version are added either way).
+        ``task -> config`` of a train message, instead of ``task.config``; ``extra_config`` goes under either (the
+        task id and the model version are added over both).
     alias_loss
         Copy a reply's ``train_loss`` to ``loss`` where it has no ``loss`` (fedhive's metrics read ``loss``).
     """
@@ -401,7 +401,7 @@ class GridTransport(Transport):
         task_id, task, params = sent.task_id, sent.task, sent.params
         if self.interrupted:  # stopping: the task stays in the engine's record, lost on resume (never run twice)
             return
-        base = {**self.extra_config, **task.config} if self.make_config is None else self.make_config(task)
+        base = {**self.extra_config, **(task.config if self.make_config is None else self.make_config(task))}
         config = {**base, M.TASK_ID: task_id, M.VERSION: task.version}
         content = RecordDict({self.arrays_key: self._record(task.version, params),
                               self.config_key: M.to_config_record(config)})

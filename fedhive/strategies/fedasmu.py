@@ -218,13 +218,14 @@ class DeviceAdjuster:
     """
 
     def __init__(self, config: Mapping[str, Any], base_version: int) -> None:
-        self.base_version = int(base_version)
+        # The config crossed the network: each value is checked as the strategy checks its own (ValueError naming it).
+        self.base_version = P.integer("the task's base version", base_version, low=0)
         fs = config.get("fetch_step")
-        self.fetch_step: int | None = None if fs is None else int(fs)
-        self.mu_beta = float(config.get("mu_beta", 1.0))
-        self.gamma = float(config.get("gamma", 1.0))
-        self.upsilon = float(config.get("upsilon", 0.5))
-        self.local_meta_lr = float(config.get("local_meta_lr", 0.01))
+        self.fetch_step: int | None = None if fs is None else P.integer("config fetch_step", fs, low=0)
+        self.mu_beta = P.number("config mu_beta", config.get("mu_beta", 1.0), low=0.0)
+        self.gamma = P.number("config gamma", config.get("gamma", 1.0), low=0.0, low_open=True)
+        self.upsilon = P.number("config upsilon", config.get("upsilon", 0.5), low=0.0)
+        self.local_meta_lr = P.number("config local_meta_lr", config.get("local_meta_lr", 0.01), low=0.0)
         self.beta: float | None = None
         self.fetched = False
         self.fetch_version: int | None = None

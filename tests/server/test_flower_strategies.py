@@ -380,3 +380,171 @@ def test_metrics_address_serves_prometheus_metrics_during_the_run():
         urllib.request.urlopen(url, timeout=5)
     with pytest.raises(ValueError, match="metrics_address"):
         F.FedBuff(metrics_address="not an address")
+
+
+# --------------------------------------------------------------------------- one engine, two front doors
+def _app_config(run_dir, **kw):
+    return {"run-dir": str(run_dir), "strategy": "fedasync", "task": "synthetic", "num-partitions": 3,
+            "max-time": 0.0, "max-versions": 8, "checkpoint-every": 4, "eval-interval": 100.0, "min-clients": 3,
+            "wait-clients": 5.0, "metrics-address": "", "poll-interval": 0.001, **kw}
+
+
+def _hostile_node_12(kinds):
+    """Nodes 11 and 13 echo the model back (fedhive's profile, 50 examples); node 12 sends ``kinds`` in turn."""
+    from fedhive.faults.hostile_client import REPLIES
+    from test_grid_transport import profile_reply
+
+    sent: list[str] = []
+
+    def client(msg: Message):
+        if msg.metadata.message_type == M.PROFILE_QUERY:
+            return profile_reply("cpu", 50)
+        arrays = {k: msg.content["arrays"][k].numpy() for k in msg.content["arrays"].keys()}
+        if msg.metadata.dst_node_id == 12 and len(sent) < len(kinds):
+            sent.append(kinds[len(sent)])
+            return REPLIES[sent[-1]](msg, arrays).content
+        return RecordDict({"arrays": msg.content["arrays"], "metrics": MetricRecord({"num-examples": 50})})
+
+    return client, sent
+
+
+def test_fedhives_server_app_runs_on_this_engine_with_the_same_validation(tmp_path, monkeypatch):
+    """fedhive's ServerApp is a user of fedhive.flower's engine (EngineRun): the same hostile replies are rejected
+    under the same counter names through either front door, and the model stays finite."""
+    from fedhive.server import app as server_app
+
+    runs = []
+    real = F.EngineRun.run
+    monkeypatch.setattr(F.EngineRun, "run", lambda self: runs.append(self) or real(self))
+    kinds = ["nan", "wrong_shape", "examples_inf", "no_tensors"]
+    client, sent = _hostile_node_12(kinds)
+    app_result = server_app.run(FakeGrid((11, 12, 13), client), _app_config(tmp_path))
+    assert len(runs) == 1 and sent == kinds
+    client, sent = _hostile_node_12(kinds)
+    strategy = F.FedAsync(min_available_nodes=3)
+    flower_result = strategy.start(grid=FakeGrid((11, 12, 13), client), initial_arrays=initial(), num_rounds=8,
+                                   timeout=30)
+    assert len(runs) == 2 and sent == kinds
+
+    def rejected(counters):
+        return {k: v for k, v in counters.items() if k.startswith("rejected")}
+
+    assert rejected(app_result.counters) == rejected(strategy.counters), (app_result.counters, strategy.counters)
+    assert rejected(strategy.counters)["rejected"] == len(kinds)
+    assert all(np.isfinite(p).all() for p in app_result.params)
+    assert all(np.isfinite(flower_result.arrays[n].numpy()).all() for n in NAMES)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_is_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def test_the_server_app_stops_its_store_and_metrics_when_too_few_clients_come(tmp_path):
+    """Too few clients: a clear error, and the model store and the metrics endpoint it started are stopped (they
+    used to outlive the failed run, holding their ports)."""
+    from fedhive.server import app as server_app
+
+    client, _ = _hostile_node_12([])
+    store_port, metrics_port = _free_port(), _free_port()
+    config = _app_config(tmp_path, strategy="fedasmu", **{"min-clients": 4, "wait-clients": 0.3,
+                                                          "store-address": f"127.0.0.1:{store_port}",
+                                                          "metrics-address": f"127.0.0.1:{metrics_port}"})
+    with pytest.raises(RuntimeError, match="only 3 of min-clients=4 clients connected within 0.3 s"):
+        server_app.run(FakeGrid((11, 12, 13), client), config)
+    assert _port_is_free(store_port) and _port_is_free(metrics_port)
+    status = __import__("json").loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "failed"
+
+
+def test_fedasmu_serves_its_store_over_tls_to_fedasmu_train(tmp_path):
+    """store_certificates: the model store speaks TLS; store_ca goes to the devices, and fedasmu_train fetches
+    through it (the certificates are the ones deploy/certs/generate.sh makes for the SuperLink)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed to make test certificates")
+    script = Path(__file__).resolve().parents[2] / "deploy" / "certs" / "generate.sh"
+    shutil.copy(script, tmp_path / "generate.sh")
+    subprocess.run(["bash", str(tmp_path / "generate.sh")], check=True, capture_output=True, timeout=120)
+    seen: list[dict] = []
+
+    def client(msg: Message):
+        node = msg.metadata.dst_node_id
+        assert msg.content["config"][M.STORE_CA] == str(tmp_path / "ca.crt")
+        arrays, metrics = F.fedasmu_train(msg, lambda a, n: ([x + 0.1 * n * (0.5 * (node - 12) - x) for x in a],
+                                                              {"train_loss": 1.0 / (1 + n)}))
+        seen.append(metrics)
+        return RecordDict({"arrays": arrays, "metrics": MetricRecord({**metrics, "num-examples": SIZES[node]})})
+
+    strategy = F.FedASMU(local_steps=4, min_available_nodes=3, store_ca=str(tmp_path / "ca.crt"),
+                         store_certificates=(tmp_path / "server.pem", tmp_path / "server.key"))
+    strategy.start(grid=FakeGrid(tuple(SIZES), client), initial_arrays=initial(), num_rounds=6, timeout=30)
+    assert any(m["fetch_version"] > m[M.VERSION] for m in seen), seen  # fetched over TLS
+    for bad in ("cert.pem", ("cert.pem",), ("", "key"), (1, 2)):
+        with pytest.raises(ValueError, match="store_certificates must be"):
+            F.FedASMU(store_certificates=bad)
+
+
+@pytest.mark.parametrize("config, error", [
+    ({"local-steps": -1}, "local steps"),
+    ({"local-steps": "4"}, "local steps"),
+    ({"local-steps": 2.5}, "local steps"),
+    ({"local-steps": 4, M.VERSION: -2}, M.VERSION),
+    ({"local-steps": 4, M.VERSION: "0"}, M.VERSION),
+    ({"local-steps": 4, "fetch_step": 2, M.STORE_ADDRESS: "127.0.0.1:1", "mu_beta": float("nan")}, "mu_beta"),
+    ({"local-steps": 4, "fetch_step": 2, M.STORE_ADDRESS: "127.0.0.1:1", "gamma": 0.0}, "gamma"),
+    ({"local-steps": 4, "fetch_step": 2, M.STORE_ADDRESS: "127.0.0.1:1", "upsilon": "0.5"}, "upsilon"),
+    ({"local-steps": 4, "fetch_step": 2, M.STORE_ADDRESS: "127.0.0.1:1", "local_meta_lr": -1.0}, "local_meta_lr"),
+])
+def test_fedasmu_train_refuses_a_hostile_config_naming_the_key(config, error):
+    """What the server sent crossed the network: a bad value is a ValueError naming it, before any training."""
+    msg = Message(RecordDict({"arrays": initial(), "config": ConfigRecord(config)}), dst_node_id=11,
+                  message_type="train")
+    calls = []
+    with pytest.raises(ValueError, match=error):
+        F.fedasmu_train(msg, lambda a, n: (calls.append(n) or a, {"loss": 0.5}))
+    assert calls == []
+
+
+@pytest.mark.parametrize("store", ["not an address", "x" * 100_000, "127.0.0.1:1", "[::1"])
+def test_fedasmu_train_trains_on_when_the_store_cannot_be_reached(store):
+    """An unreachable or malformed store address (or a fetch_step outside the steps): the task trains all its steps
+    without the fetch and still replies."""
+    config = {"local-steps": 4, "fetch_step": 2, M.STORE_ADDRESS: store, M.STORE_TOKEN: 7, M.VERSION: 0}
+    msg = Message(RecordDict({"arrays": initial(), "config": ConfigRecord(config)}), dst_node_id=11,
+                  message_type="train")
+    calls = []
+    arrays, metrics = F.fedasmu_train(msg, lambda a, n: (calls.append(n) or [x + 1 for x in a], {"loss": 0.5}))
+    assert sum(calls) == 4 and metrics["beta"] == 0 and np.all(arrays["fc.bias"].numpy() == 2)
+
+
+@pytest.mark.parametrize("arrays, error", [
+    ({"w": np.zeros(3)}, "must be a flwr.app.ArrayRecord"),
+    (None, "must be a flwr.app.ArrayRecord"),
+    (ArrayRecord(), "initial_arrays is empty"),
+    (ArrayRecord({"w": Array(np.array([0.0, np.nan], np.float32))}), "initial_arrays 'w' is not finite"),
+    (ArrayRecord({"w": Array(np.array([np.inf], np.float64))}), "initial_arrays 'w' is not finite"),
+])
+def test_start_refuses_bad_initial_arrays_before_anything_runs(arrays, error):
+    grid = FakeGrid(tuple(SIZES), Clients())
+    with pytest.raises((TypeError, ValueError), match=error):
+        F.FedAsync(min_available_nodes=3).start(grid=grid, initial_arrays=arrays, num_rounds=2, timeout=30)
+    assert grid.pushed == {}

@@ -184,7 +184,9 @@ def _server_run(tmp_path, monkeypatch, parts):
             return fedhive_profile(2**31 - 1, pid, 2)
         return RecordDict({M.ARRAYS: msg.content[M.ARRAYS], M.METRICS: MetricRecord({"num-examples": 10**9})})
 
-    monkeypatch.setattr(server_app, "GridTransport", Recording)
+    from fedhive.server import grid_transport
+
+    monkeypatch.setattr(grid_transport, "GridTransport", Recording)  # what the engine (fedhive.flower) builds
     config = {"run-dir": str(tmp_path), "strategy": "fedasync", "task": "synthetic", "num-partitions": parts,
               "max-time": 0.0, "max-versions": 4, "checkpoint-every": 2, "eval-interval": 100.0, "min-clients": 2,
               "wait-clients": 5.0, "metrics-address": "", "poll-interval": 0.001}
