@@ -632,9 +632,10 @@ class _FedhiveFlowerStrategy(FlowerStrategy):
 class FedAvg(_FedhiveFlowerStrategy):
     """Synchronous FedAvg (McMahan et al., 2017) on fedhive's engine, with Flower's FedAvg keywords.
 
-    ``fraction_train`` of the connected nodes train each round (fedhive FedAvg's ``fraction``); a round waits for
-    ``min_train_nodes`` nodes at the start and ends when every sampled node replied or at its deadline
-    (``round_timeout``, default ``"auto"``: ``deadline_factor`` × the slowest observed task). The aggregate is the
+    Each round samples ``max(int(fraction_train × N), min_train_nodes)`` of the ``N`` connected nodes at its start,
+    as Flower's (fedhive FedAvg's ``fraction`` and ``min_sample``), and ends when every sampled node replied or at its
+    deadline (``round_timeout``, default ``"auto"``: ``deadline_factor`` × the slowest observed task). The aggregate
+    is the
     ``weighted_by_key``-weighted mean of the round's replies, as Flower's; unlike Flower's, a claim above
     ``max_weight_ratio`` × the median claim is capped (0: off), and a malformed reply is rejected, not aggregated.
     ``fraction_evaluate`` defaults to 0 here (Flower's: 1).
@@ -642,12 +643,13 @@ class FedAvg(_FedhiveFlowerStrategy):
 
     fedhive_name = "fedavg"
     _extra_keywords = FEDAVG_FLOWER_KEYWORDS
-    _renamed = {"fraction_train": "fraction"}
+    _renamed = {"fraction_train": "fraction", "min_train_nodes": "min_sample"}
+    _defaults = {"min_sample": FEDAVG_FLOWER_KEYWORDS["min_train_nodes"]}
 
     def __init__(self, **kwargs: Any) -> None:
-        if "fraction" in kwargs:
-            raise ValueError("FedAvg: use Flower's fraction_train (the fraction of connected nodes that train each "
-                             "round), not fraction")
+        for ours, flowers in (("fraction", "fraction_train"), ("min_sample", "min_train_nodes")):
+            if ours in kwargs:
+                raise ValueError(f"FedAvg: use Flower's {flowers}, not {ours} (fedhive's name for it)")
         super().__init__(**kwargs)
 
     def _init_extra(self, settings: Mapping[str, Any]) -> None:

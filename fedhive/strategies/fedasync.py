@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from . import params as P
 from .base import APPLIED, ClientInfo, Dispatch, Outcome, Strategy, Task, Update, frozen_config
-from .staleness import STALENESS_KINDS, make_staleness
+from .staleness import STALENESS_KINDS, make_staleness, staleness_parameters
 from .weighted_sum import weighted_sum
 
 
@@ -33,6 +33,8 @@ class FedAsync(Strategy):
         Mixing weight ``α`` in (0, 1].
     staleness, staleness_a, staleness_b
         The staleness function ``s(τ)`` (see ``fedhive.strategies.staleness``).
+        ``staleness_a``, ``staleness_b`` ``None``: the kind's default (polynomial ``a = 0.5``;
+        hinge ``a = 10``, ``b = 4``).
     proximal_mu : float
         Proximal term ``ρ`` the client adds to its loss, ``(ρ/2)·‖x − x_start‖²``.
     max_update_norm : float or None
@@ -42,14 +44,14 @@ class FedAsync(Strategy):
     name = "fedasync"
 
     def __init__(self, *, local_steps: int = 20, alpha: float = 0.6, staleness: str = "polynomial",
-                 staleness_a: float | None = 0.5, staleness_b: float | None = None, proximal_mu: float = 0.0,
+                 staleness_a: float | None = None, staleness_b: float | None = None, proximal_mu: float = 0.0,
                  max_update_norm: float | None = None, non_trainable: Sequence[int] = ()) -> None:
         super().__init__(non_trainable=non_trainable, max_update_norm=max_update_norm)
         self.local_steps = P.positive_int("local_steps", local_steps)
         self.alpha = P.number("alpha", alpha, low=0.0, high=1.0, low_open=True)
         self.staleness = P.choice("staleness", staleness, STALENESS_KINDS)
-        self.staleness_a, self.staleness_b = staleness_a, staleness_b
-        self._s = make_staleness(staleness, staleness_a, staleness_b)
+        self.staleness_a, self.staleness_b = staleness_parameters(self.staleness, staleness_a, staleness_b)
+        self._s = make_staleness(self.staleness, self.staleness_a, self.staleness_b)
         self.proximal_mu = P.number("proximal_mu", proximal_mu, low=0.0)
         config: dict[str, Any] = {"local_steps": self.local_steps}
         if self.proximal_mu:

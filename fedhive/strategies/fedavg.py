@@ -1,14 +1,20 @@
 """FedAvg: the synchronous baseline (McMahan et al., AISTATS 2017, arXiv 1602.05629).
 
-Round ``r``: sample ``ceil(C·N)`` clients (all by default) among the known clients that are idle; send each ``w`` and
-the same ``local_steps``; wait until every client that got a task replied or failed, or the round deadline passed;
-then ``w ← Σ_{i∈S} p_i^S · w_i`` with ``p_i^S = n_i / Σ_{j∈S} n_j`` over the replies (``num_examples`` of each
-update, as Flower's ``aggregate_arrayrecords`` weights by ``num-examples``). Late replies are rejected as ``late``.
+Round ``r``, as Flower's ``FedAvg`` runs it: at the round's start sample ``max(int(C·N), min_sample)`` of the ``N``
+connected clients (all of them by default; Flower's ``sample_nodes`` with ``min_train_nodes``), waiting for more
+clients while fewer than that are connected; send each sampled client ``w`` and the same ``local_steps``; wait until
+every sampled client replied or failed, or the round deadline passed; then ``w ← Σ_{i∈S} p_i^S · w_i`` with
+``p_i^S = n_i / Σ_{j∈S} n_j`` over the replies (``num_examples`` of each update, as Flower's
+``aggregate_arrayrecords`` weights by ``num-examples``). Late replies are rejected as ``late``. A client that joins
+mid-round waits for the next round; a sampled client gets one task per round (one that failed gets no second).
 
 [OURS] choices, since an event-driven engine has no "sample, then wait" barrier:
-- a round admits clients until its first reply arrives; a client that joins before then takes part;
-- with ``fraction < 1`` the sample is drawn at the start of the round from the known idle clients with a seeded
-  generator; sampled clients that never ask for work (gone) are dropped from the round at its first reply;
+- the sample is drawn from every connected client, busy ones included (as Flower samples ``get_node_ids()``): a
+  client still running a task of a round that closed by its deadline gets this round's task when that one ends
+  (its reply rejected ``late``), as a SuperNode runs a queued message after the one it is running; the sample is
+  drawn with a seeded generator, except that ``fraction = 1`` takes everyone without a draw;
+- sampled clients that never ask for work and are not busy with an earlier round's task (gone without the engine
+  knowing) are dropped from the round at its first reply; one the engine reports gone (``on_leave``) at once;
 - a round in which nobody replied (all failed or the deadline passed) leaves ``w`` unchanged and starts the next one.
 - the round deadline defaults from observed task times (``round_timeout="auto"``): the round closes at
   ``round_start + deadline_factor × D``, ``D`` the largest expected task duration among the clients the round still
@@ -73,7 +79,9 @@ class FedAvg(Strategy):
     local_steps : int
         Local steps per task.
     fraction : float
-        Fraction ``C`` of clients sampled per round, in (0, 1].
+        Fraction ``C`` of the connected clients sampled per round, in (0, 1] (``int(C·N)``, as Flower's).
+    min_sample : int
+        The fewest clients a round samples (Flower's ``min_train_nodes``); a round waits for this many connected.
     round_timeout : "auto", float or None
         When a round is closed with the replies it has: ``"auto"`` (default) at ``deadline_factor ×`` the largest
         expected task time of the clients still out (no deadline until a task time was observed; see above), a
@@ -82,7 +90,7 @@ class FedAvg(Strategy):
     deadline_factor : float
         With ``round_timeout="auto"``: the deadline in multiples of the expected task time, ``> 1``.
     seed : int
-        Seed of the client sampler (used only when ``fraction < 1``).
+        Seed of the client sampler (drawn from only when ``fraction < 1``).
     max_weight_ratio : float
         A reply's ``n_i`` is clamped to this many times the live fleet's median claim (see ``Strategy``; 0: off).
     """
@@ -90,22 +98,23 @@ class FedAvg(Strategy):
     name = "fedavg"
     tracks_wakeups = True  # clients wait for the next round: poked when a round (re)starts
 
-    def __init__(self, *, local_steps: int = 20, fraction: float = 1.0, round_timeout: float | str | None = AUTO,
-                 deadline_factor: float = 3.0, seed: int = 0, max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO,
-                 non_trainable: Sequence[int] = ()) -> None:
+    def __init__(self, *, local_steps: int = 20, fraction: float = 1.0, min_sample: int = 1,
+                 round_timeout: float | str | None = AUTO, deadline_factor: float = 3.0, seed: int = 0,
+                 max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO, non_trainable: Sequence[int] = ()) -> None:
         super().__init__(non_trainable=non_trainable, max_weight_ratio=max_weight_ratio)
         self.local_steps = P.positive_int("local_steps", local_steps)
         self.fraction = P.number("fraction", fraction, low=0.0, high=1.0, low_open=True)
+        self.min_sample = P.positive_int("min_sample", min_sample)
         self.round_timeout = _round_timeout(round_timeout)
         self.deadline_factor = P.number("deadline_factor", deadline_factor, low=1.0, low_open=True)
         self.seed = P.non_negative_int("seed", seed)
         self._rng = np.random.default_rng(self.seed)
         self._round = 0
         self._round_start = 0.0
-        self._accepting = True
-        self._sample: set[int] | None = None
-        self._late: set[int] = set()  # clients whose task of an earlier round is still out (not sampled)
-        self._pending: set[int] = set()
+        self._waiting = False  # the round has not sampled yet: fewer than min_sample clients connected
+        self._late: set[int] = set()  # clients whose task of an earlier round is still out
+        self._pending: set[int] = set()  # the round's sampled clients that have not replied or failed
+        self._undispatched: set[int] = set()  # of them, those not sent their task yet
         self._acc: list[np.ndarray] | None = None
         self._acc_examples = 0
         self._int_vals: list[list[np.ndarray]] = []
@@ -118,8 +127,9 @@ class FedAvg(Strategy):
         self._unknown: set[int] = set()
 
     def config(self) -> dict[str, Any]:
-        return {"local_steps": self.local_steps, "fraction": self.fraction, "round_timeout": self.round_timeout,
-                "deadline_factor": self.deadline_factor, "max_weight_ratio": self.max_weight_ratio}
+        return {"local_steps": self.local_steps, "fraction": self.fraction, "min_sample": self.min_sample,
+                "round_timeout": self.round_timeout,
+                "deadline_factor": self.deadline_factor, "seed": self.seed, "max_weight_ratio": self.max_weight_ratio}
 
     @property
     def round(self) -> int:
@@ -138,37 +148,67 @@ class FedAvg(Strategy):
         self._open_round(now)
 
     def _open_round(self, now: float) -> None:
-        self._late |= self._pending  # a round closed by its deadline leaves these clients still training
+        # A round closed by its deadline leaves the clients it sent a task still training.
+        self._late |= self._pending - self._undispatched
         self._round += 1
         self._round_start = now
-        self._accepting = True
-        self._pending = set()
+        self._pending, self._undispatched = set(), set()
         self._acc = None
         self._acc_examples = 0
         self._int_vals = []
         self._replies = 0
-        self._sample = None
         self._round_max = max(self._durations.values()) if self._durations else None
         self._heap, self._unknown = [], set()
-        if self.fraction < 1.0:
-            idle = sorted(n for n in self._clients if n not in self._late and n not in self._gone)
-            k = min(len(idle), max(1, math.ceil(self.fraction * len(idle))))
-            chosen = self._rng.choice(len(idle), size=k, replace=False) if idle else []
-            self._sample = {idle[int(i)] for i in chosen}
+        self._waiting = True
+        self._draw()
         self._poke()
+
+    def _draw(self) -> None:
+        """Sample the round's clients if enough are connected (else the round keeps waiting)."""
+        connected = sorted(n for n in self._clients if n not in self._gone)
+        n = len(connected)
+        k = n if self.fraction >= 1.0 else int(self.fraction * n)
+        k = max(k, self.min_sample)
+        if n < k:
+            return
+        if k < n:
+            picked = self._rng.choice(n, size=k, replace=False)
+            connected = [connected[int(i)] for i in sorted(picked)]
+        self._waiting = False
+        self._pending, self._undispatched = set(connected), set(connected)
+        for node in connected:
+            self._expect(node)
 
     def on_idle(self, client: ClientInfo, now: float) -> Task | None:
         self._adopt(client)
         node = client.node_id
-        if not self._accepting:
+        if self._waiting:
+            self._draw()
+            if self._waiting:
+                return None
+            self._poke()  # the others sampled now may start too
+        if node not in self._undispatched:  # not sampled this round, or its task was sent already
             return None
-        if self._sample is not None and node not in self._sample:
-            return None
-        if self._sample is not None:
-            self._sample.discard(node)
-        self._pending.add(node)
-        self._expect(node)
+        self._undispatched.discard(node)
         return Task(node, self._version, {"local_steps": self.local_steps, "round": self._round})
+
+    def on_leave(self, node_id: int, now: float) -> None:
+        super().on_leave(node_id, now)
+        self._late.discard(node_id)
+        if node_id in self._undispatched:  # sampled, never sent its task: the round no longer waits for it
+            self._undispatched.discard(node_id)
+            self._pending.discard(node_id)
+            self._unknown.discard(node_id)
+            self._settle(now)
+
+    def _settle(self, now: float) -> None:
+        """Nobody left to wait for: close the round with its replies, or (none) start the next one."""
+        if self._pending or self._waiting:
+            return
+        if self._replies:
+            self._close_round(now)
+        else:
+            self._open_round(now)
 
     def on_update(self, update: Update, sent: Dispatch, now: float) -> Outcome:
         node = update.node_id
@@ -183,7 +223,11 @@ class FedAvg(Strategy):
             return Outcome("rejected", "late")
         self._pending.discard(node)
         self._unknown.discard(node)
-        self._accepting = False
+        if self._replies == 0:  # sampled clients that never asked for work and are not busy: gone, dropped
+            never = {n for n in self._undispatched if n not in self._late}
+            self._undispatched -= never
+            self._pending -= never
+            self._unknown -= never
         # The reply's claim, clamped to max_weight_ratio × the live fleet's median claim (see Strategy).
         n = self._clamp(max(int(update.num_examples), 0))
         if n > 0:
@@ -217,11 +261,7 @@ class FedAvg(Strategy):
         if sent.task.config["round"] == self._round and node_id in self._pending:
             self._pending.discard(node_id)
             self._unknown.discard(node_id)
-            if not self._pending and not self._accepting:
-                self._close_round(now)
-            elif not self._pending and self._replies == 0:
-                # Everyone who took part failed: start over with whoever is left.
-                self._open_round(now)
+            self._settle(now)  # (everyone who took part failed: start over with whoever is left)
         self._poke()
 
     def _expect(self, node: int) -> None:
@@ -258,8 +298,8 @@ class FedAvg(Strategy):
             "rng": self._rng.bit_generator.state,
             "round": self._round,
             "round_start": self._round_start,
-            "accepting": self._accepting,
-            "sample": None if self._sample is None else sorted(self._sample),
+            "waiting": self._waiting,
+            "undispatched": sorted(self._undispatched),
             "late": sorted(self._late),
             "pending": sorted(self._pending),
             "acc": self._acc,
@@ -275,8 +315,8 @@ class FedAvg(Strategy):
         self._rng.bit_generator.state = state["rng"]
         self._round = int(state["round"])
         self._round_start = float(state["round_start"])
-        self._accepting = bool(state["accepting"])
-        self._sample = None if state["sample"] is None else {int(n) for n in state["sample"]}
+        self._waiting = bool(state.get("waiting", False))
+        self._undispatched = {int(n) for n in state.get("undispatched", ())}
         self._late = {int(n) for n in state["late"]}
         self._pending = {int(n) for n in state["pending"]}
         self._acc = None if state["acc"] is None else [np.array(a) for a in state["acc"]]

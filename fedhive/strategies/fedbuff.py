@@ -19,7 +19,7 @@ import numpy as np
 
 from . import params as P
 from .base import APPLIED, BUFFERED, ClientInfo, Dispatch, Outcome, Strategy, Task, Update, frozen_config
-from .staleness import STALENESS_KINDS, make_staleness
+from .staleness import STALENESS_KINDS, make_staleness, staleness_parameters
 from .weighted_sum import mean_of, weighted_sum
 
 
@@ -38,6 +38,8 @@ class FedBuff(Strategy):
         ``β_g`` in [0, 1); 0 disables momentum.
     staleness, staleness_a, staleness_b
         ``s(τ)``; FedBuff's own choice is polynomial with ``a = 0.5``.
+        ``staleness_a``, ``staleness_b`` ``None``: the kind's default (polynomial ``a = 0.5``;
+        hinge ``a = 10``, ``b = 4``).
     max_staleness : int or None
         Updates with ``τ`` above this are rejected; ``None`` accepts any.
     max_concurrency : int or None
@@ -49,7 +51,7 @@ class FedBuff(Strategy):
     name = "fedbuff"
 
     def __init__(self, *, local_steps: int = 20, buffer_size: int = 10, server_lr: float = 1.0,
-                 server_momentum: float = 0.0, staleness: str = "polynomial", staleness_a: float | None = 0.5,
+                 server_momentum: float = 0.0, staleness: str = "polynomial", staleness_a: float | None = None,
                  staleness_b: float | None = None, max_staleness: int | None = None,
                  max_concurrency: int | None = None, max_update_norm: float | None = None,
                  non_trainable: Sequence[int] = ()) -> None:
@@ -62,8 +64,8 @@ class FedBuff(Strategy):
         if self.server_momentum >= 1.0:
             raise ValueError(f"server_momentum must be in [0, 1), got {server_momentum!r}")
         self.staleness = P.choice("staleness", staleness, STALENESS_KINDS)
-        self.staleness_a, self.staleness_b = staleness_a, staleness_b
-        self._s = make_staleness(staleness, staleness_a, staleness_b)
+        self.staleness_a, self.staleness_b = staleness_parameters(self.staleness, staleness_a, staleness_b)
+        self._s = make_staleness(self.staleness, self.staleness_a, self.staleness_b)
         self.max_staleness = P.optional(P.non_negative_int, "max_staleness", max_staleness)
         self.max_concurrency = P.optional(P.positive_int, "max_concurrency", max_concurrency)
         self._running = 0  # tasks in flight, for max_concurrency
@@ -75,7 +77,7 @@ class FedBuff(Strategy):
     def config(self) -> dict[str, Any]:
         return {"local_steps": self.local_steps, "buffer_size": self.buffer_size, "server_lr": self.server_lr,
                 "server_momentum": self.server_momentum, "staleness": self.staleness,
-                "staleness_a": self.staleness_a, "max_staleness": self.max_staleness,
+                "staleness_a": self.staleness_a, "staleness_b": self.staleness_b, "max_staleness": self.max_staleness,
                 "max_concurrency": self.max_concurrency, "max_update_norm": self.max_update_norm}
 
     @property

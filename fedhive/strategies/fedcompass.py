@@ -93,7 +93,7 @@ import numpy as np
 from . import params as P
 from .base import (APPLIED, BUFFERED, DEFAULT_MAX_WEIGHT_RATIO, ClientInfo, Dispatch, Outcome, Params, Strategy, Task,
                    Update, frozen_config)
-from .staleness import STALENESS_KINDS, make_staleness
+from .staleness import STALENESS_KINDS, make_staleness, staleness_parameters
 from .weighted_sum import mean_of, weighted_sum
 
 CLIENT_WEIGHTS = ("samples", "equal", "group")
@@ -164,6 +164,8 @@ class FedCompass(Strategy):
         Server step ``α`` in (0, 1].
     staleness, staleness_a, staleness_b
         The staleness function ``s(τ)`` (see ``fedhive.strategies.staleness``).
+        ``staleness_a``, ``staleness_b`` ``None``: the kind's default (polynomial ``a = 0.5``;
+        hinge ``a = 10``, ``b = 4``).
     client_weights : str
         ``"samples"`` (``c_j = n_j / Σ n``), ``"equal"`` (``c_j = 1/N``), or ``"group"`` (``c_j = n_j / Σ_{i∈M} n_i``
         over the updates merged in this step, so every step is a full FedAvg-sized step: [OURS], not the paper's
@@ -180,7 +182,7 @@ class FedCompass(Strategy):
     tracks_wakeups = True  # parked clients wait for their group's aggregation, which pokes
 
     def __init__(self, *, q_min: int = 20, q_max: int = 100, lam: float = 1.5, speed_momentum: float = 0.9,
-                 alpha: float = 0.9, staleness: str = "polynomial", staleness_a: float | None = 0.5,
+                 alpha: float = 0.9, staleness: str = "polynomial", staleness_a: float | None = None,
                  staleness_b: float | None = None, client_weights: str = "samples", speed_model: str = "affine",
                  max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO, non_trainable: Sequence[int] = ()) -> None:
         super().__init__(non_trainable=non_trainable, max_weight_ratio=max_weight_ratio)
@@ -192,8 +194,8 @@ class FedCompass(Strategy):
         self.speed_momentum = P.number("speed_momentum", speed_momentum, low=0.0, high=1.0, low_open=True)
         self.alpha = P.number("alpha", alpha, low=0.0, high=1.0, low_open=True)
         self.staleness = P.choice("staleness", staleness, STALENESS_KINDS)
-        self.staleness_a, self.staleness_b = staleness_a, staleness_b
-        self._s = make_staleness(staleness, staleness_a, staleness_b)
+        self.staleness_a, self.staleness_b = staleness_parameters(self.staleness, staleness_a, staleness_b)
+        self._s = make_staleness(self.staleness, self.staleness_a, self.staleness_b)
         self.client_weights = P.choice("client_weights", client_weights, CLIENT_WEIGHTS)
         self.speed_model = P.choice("speed_model", speed_model, SPEED_MODELS)
         self._first_task = frozen_config({"local_steps": self.q_max})  # a client's first task: Q_max, no group
@@ -360,7 +362,9 @@ class FedCompass(Strategy):
         self._buffer = []
         ok = self._aggregate(entries, single=False)
         est, q_max = self._est, self.q_max
-        members = sorted(g.arrived, key=lambda j: (est[j].duration(q_max), j))
+        # Fastest first; equal estimates keep their arrival order (a stable sort on the duration alone, as APPFL's
+        # CompassScheduler sorts on S), not the node id.
+        members = sorted(g.arrived, key=lambda j: est[j].duration(q_max))
         g.arrived = {}
         woken = []
         for j in members:

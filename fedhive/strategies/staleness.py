@@ -33,6 +33,19 @@ def hinge(tau: int, a: float = 10.0, b: float = 4.0) -> float:
     return 1.0 / (a * (tau - b) + 1.0)
 
 
+#: Each kind's ``(a, b)`` when a strategy is not given them (FedAsync's definitions).
+DEFAULTS: dict[str, tuple[float | None, float | None]] = {"constant": (None, None), "polynomial": (0.5, None),
+                                                          "hinge": (10.0, 4.0)}
+
+
+def staleness_parameters(kind: str, a: float | None, b: float | None) -> tuple[float | None, float | None]:
+    """``(a, b)`` as ``s(τ)`` uses them: ``None`` takes ``kind``'s default (polynomial ``a = 0.5``; hinge ``a = 10``,
+    ``b = 4``), so ``staleness="hinge"`` alone is FedAsync's hinge, not a hinge with the polynomial's ``a``. What a
+    strategy's ``config()`` reports."""
+    da, db = DEFAULTS.get(kind, (None, None))
+    return (da if a is None else a), (db if b is None else b)
+
+
 def make_staleness(kind: str = "polynomial", a: float | None = None, b: float | None = None) -> StalenessFn:
     """Build ``s(τ)`` from a strategy's ``staleness``, ``staleness_a`` and ``staleness_b`` settings.
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
@@ -65,6 +66,87 @@ def test_fraction_samples_deterministically():
         s.start([np.zeros(1)], [ClientInfo(i, 1, "cpu") for i in range(6)], 0.0)
         picks.append([i for i in range(6) if s.on_idle(ClientInfo(i, 1, "cpu"), 0.0) is not None])
     assert picks[0] == picks[1] and len(picks[0]) == 3
+
+
+FLEET = [ClientInfo(i, 1, "cpu") for i in range(10)]
+
+
+@pytest.mark.parametrize("n, fraction, min_sample", [(10, 0.5, 1), (10, 0.25, 1), (10, 0.05, 1), (10, 0.05, 3),
+                                                     (7, 0.5, 2), (3, 1.0, 1), (10, 0.99, 1)])
+def test_a_round_samples_as_many_clients_as_flowers_fedavg(n, fraction, min_sample):
+    """Flower: sample_size = max(int(N · fraction_train), min_train_nodes) of the N connected nodes."""
+    s = Driven(FedAvg(fraction=fraction, min_sample=min_sample, seed=1))
+    s.start([np.zeros(1)], FLEET[:n], 0.0)
+    got = [c.node_id for c in FLEET[:n] if s.on_idle(c, 0.0) is not None]
+    assert len(got) == max(int(n * fraction), min_sample)
+
+
+def test_the_sample_is_drawn_from_all_connected_clients_busy_ones_included():
+    """A client still running a task of a round its deadline closed is sampled like the others (Flower samples
+    get_node_ids()): it gets this round's task when its late one ends, and the round waits for it."""
+    s = Driven(FedAvg(round_timeout=10.0))
+    s.start([np.zeros(3)], C[:2], 0.0)
+    s.on_idle(C[0], 0.0)
+    s.on_idle(C[1], 0.0)
+    s.on_update(Update(0, 0, [np.full(3, 2.0)], 10, {}), 1.0)
+    s.on_timer(10.0)                                        # round 2: client 1 still runs round 1's task
+    assert s.round == 2 and s.on_idle(C[0], 10.0) is not None
+    s.on_update(Update(0, 1, [np.full(3, 4.0)], 10, {}), 11.0)
+    assert s.round == 2                                     # waits for client 1, sampled although busy
+    assert s.on_update(Update(1, 0, [np.full(3, 9.0)], 30, {}), 12.0).reason == "late"
+    task = s.on_idle(C[1], 12.0)
+    assert task is not None and task.config["round"] == 2
+    s.on_update(Update(1, 1, [np.full(3, 8.0)], 30, {}), 13.0)
+    assert s.round == 3
+    np.testing.assert_allclose(s.params[0], np.full(3, (10 * 4.0 + 30 * 8.0) / 40))
+
+
+def test_a_failed_client_gets_no_second_task_in_the_round():
+    s = Driven(FedAvg())
+    s.start([np.zeros(3)], C, 0.0)
+    for c in C:
+        s.on_idle(c, 0.0)
+    s.on_failure(1, 0.5)
+    assert s.on_idle(C[1], 0.5) is None                     # the round goes on without it
+    s.on_update(Update(0, 0, [np.ones(3)], 10, {}), 1.0)
+    s.on_update(Update(2, 0, [np.ones(3)], 20, {}), 2.0)
+    assert s.round == 2 and s.on_idle(C[1], 2.0).config["round"] == 2
+
+
+def test_a_client_that_joins_mid_round_waits_for_the_next():
+    s = Driven(FedAvg())
+    s.start([np.zeros(3)], C[:2], 0.0)
+    s.on_idle(C[0], 0.0)
+    assert s.on_idle(C[2], 0.1) is None                     # not in the round's sample, taken at its start
+    s.on_idle(C[1], 0.2)
+    s.on_update(Update(0, 0, [np.ones(3)], 10, {}), 1.0)
+    s.on_update(Update(1, 0, [np.ones(3)], 30, {}), 2.0)
+    assert [s.on_idle(c, 2.0).config["round"] for c in C] == [2, 2, 2]
+
+
+def test_a_round_waits_until_min_sample_clients_are_connected():
+    s = Driven(FedAvg(min_sample=2))
+    s.start([np.zeros(3)], C[:1], 0.0)
+    assert s.on_idle(C[0], 0.0) is None                     # one connected, two needed
+    assert s.on_idle(C[1], 1.0) is not None                 # the second joins: the round samples both
+    assert s.on_idle(C[0], 1.0) is not None
+
+
+def test_a_sampled_client_that_never_asks_is_dropped_at_the_first_reply_or_when_it_leaves():
+    s = Driven(FedAvg())
+    s.start([np.zeros(3)], C, 0.0)
+    s.on_idle(C[0], 0.0)
+    s.on_idle(C[1], 0.0)                                    # client 2 never asks (gone, the engine unaware)
+    s.on_update(Update(0, 0, [np.ones(3)], 10, {}), 1.0)   # the first reply drops it from the round
+    s.on_update(Update(1, 0, [np.ones(3)], 30, {}), 2.0)
+    assert s.round == 2
+    s.on_idle(C[0], 2.0)
+    s.on_idle(C[1], 2.0)
+    s.on_failure(0, 3.0)
+    s.on_failure(1, 3.0)                                    # no reply yet: the round still waits for client 2
+    assert s.round == 2
+    s.strategy.on_leave(2, 4.0)                             # the engine says it left: nobody to wait for
+    assert s.round == 3 and s.version == 1                  # no reply: the model is unchanged, a new round
 
 
 def test_equals_flowers_own_fedavg_aggregation():

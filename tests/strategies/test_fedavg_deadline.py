@@ -100,19 +100,27 @@ def test_expected_time_is_the_largest_observed_decaying():
     assert s.next_timer() == pytest.approx(10.0 + 3 * 3.8)
 
 
-def test_a_new_client_gets_the_fleets_largest_expected_time():
+def test_a_client_that_joins_mid_round_waits_then_gets_the_fleets_largest_expected_time():
     s = _started(C[:2])
-    _first_round(s, (2.0, 4.0))
+    _first_round(s, (2.0, 4.0))                             # round 2 opens at 4 and samples 0 and 1
     s.on_idle(C[0], 4.0)
-    s.on_idle(C[3], 4.0)                                    # joins now, never observed: expected 4 s (the fleet max)
-    _reply(s, 0, 1.0, 5.0)
-    assert s.next_timer() == 4.0 + 3 * 4.0
+    s.on_idle(C[1], 4.0)
+    assert s.on_idle(C[3], 4.5) is None                     # joined mid-round: the next round (as Flower's)
+    _reply(s, 0, 1.0, 5.0)                                  # client 0: max(1, 0.95 × 2) = 1.9
+    _reply(s, 1, 1.0, 7.0)                                  # client 1: max(3, 0.95 × 4) = 3.8; round 3 opens at 7
+    for node in (3, 0, 1):
+        assert s.on_idle(C[node], 7.0) is not None
+    _reply(s, 1, 1.0, 8.0)
+    assert s.next_timer() == pytest.approx(7.0 + 3 * 3.8)   # 3, never observed: the fleet's largest at the start
 
 
 def test_deadline_factor_scales_it():
     s = _started(C[:2], deadline_factor=1.5)
     _first_round(s, (2.0, 4.0))
     s.on_idle(C[0], 4.0)
+    s.on_idle(C[1], 4.0)
+    assert s.next_timer() == 4.0 + 1.5 * 4.0
+    _reply(s, 1, 1.0, 5.0)
     assert s.next_timer() == 4.0 + 1.5 * 2.0
 
 

@@ -164,6 +164,24 @@ def test_conformance_cases(name, kw, table):
     run_table(sc, table)
 
 
+def test_group_aggregation_reassigns_equal_speeds_in_arrival_order():
+    """GROUP_AGG reassigns its members fastest first; two with the same estimate (to the last bit) keep their
+    arrival order, as APPFL's CompassScheduler (a stable sort on S), not node-id order. Here 2 arrives before 1."""
+    sc = Script(per_step(), {1: 1, 2: 1, 3: 1}, start=[1, 2, 3])
+    run_table(sc, [
+        (0, "idle", 1, (8, None)), (0, "idle", 2, (8, None)), (0, "idle", 3, (8, None)),
+        # S3 = 1: G0 {3}, T_exp 16; S2 = S1 = 12/8 = 1.5: both JOIN G0 with floor(4/1.5) = 2
+        (8, "arrive", 3, ("applied", 1)), (8, "idle", 3, (8, 0)),
+        (12, "arrive", 2, ("applied", 2)), (12, "idle", 2, (2, 0)),
+        (12, "arrive", 1, ("applied", 3)), (12, "idle", 1, (2, 0)),
+        (15, "arrive", 2, ("buffered", 3)), (15, "arrive", 1, ("buffered", 3)),  # S stays 1.5 for both
+        (16, "arrive", 3, ("applied", 4)),
+    ])
+    assert sc.s.estimate(1) == sc.s.estimate(2)
+    (g,) = [g for g in sc.s.groups if g["open"]]
+    assert g["pending"] == [3, 2, 1]  # 3 (S 1) opens G1, then 2 and 1 in the order they arrived
+
+
 def test_create_clamp_group_times():
     sc = Script(per_step(q_min=4), {1: 1, 2: 1}, start=[1, 2])
     sc.idle(1, 0), sc.idle(2, 0)

@@ -545,3 +545,28 @@ def test_take_woken_names_the_poked_clients_or_none_for_all():
     assert s.take_woken() is None              # a plain poke wakes everyone, whatever was named before
     assert s._commit([np.ones(3, np.float32)], wakes_parked=False) and s.take_woken() == set()
     assert s._commit([np.zeros(3, np.float32)]) and s.take_woken() is None
+
+
+# --------------------------------------------------------------------------- config() and the staleness defaults
+def test_every_strategys_config_lists_all_its_parameters():
+    """config() goes into checkpoints' fingerprints and the run's history: every parameter a user can set is in it
+    (non_trainable is the task's, validation_fn a function, not a setting)."""
+    from fedhive.strategies import STRATEGIES, parameters
+
+    for name in STRATEGIES:
+        expected = set(parameters(name)) - {"non_trainable", "validation_fn"}
+        assert set(build(name, {}).config()) == expected, name
+
+
+@pytest.mark.parametrize("name", ["fedasync", "fedbuff", "fedcompass"])
+def test_hinge_staleness_alone_is_fedasyncs_hinge(name):
+    """staleness="hinge" without staleness_a/b is s(τ) = 1 for τ <= 4, else 1/(10(τ − 4) + 1), and config() says so;
+    given values win; polynomial alone keeps a = 0.5."""
+    s = build(name, {"staleness": "hinge"})
+    assert (s.config()["staleness_a"], s.config()["staleness_b"]) == (10.0, 4.0)
+    assert s._s(4) == 1.0 and s._s(5) == pytest.approx(1 / 11) and s._s(6) == pytest.approx(1 / 21)
+    s = build(name, {"staleness": "hinge", "staleness_a": 2.0})
+    assert (s.config()["staleness_a"], s.config()["staleness_b"]) == (2.0, 4.0) and s._s(5) == pytest.approx(1 / 3)
+    s = build(name, {})
+    assert (s.config()["staleness"], s.config()["staleness_a"], s.config()["staleness_b"]) == ("polynomial", 0.5, None)
+    assert s._s(3) == pytest.approx(4 ** -0.5)
