@@ -22,7 +22,15 @@ model ``(w_g, v')`` from the model store and, unless ``v' == o``::
     β := μ_β·φ / (1 + μ_β·φ)                                   # Eq. (8)
     w_local ← (1 − β)·w_local + β·w_g
 
-then finishes the ``T`` steps and uploads ``w_local``. The device side is the numpy-only :class:`DevicePlan`
+then finishes the ``T`` steps and uploads ``w_local``.
+
+The two forms of ``ξ``'s delay term found in implementations, ``delay^σ_i`` (the port's, followed here: with
+``λ·sqrt(t)/t = λ/sqrt(t)`` it is ``ξ = λ_i/(sqrt(t)·delay^σ_i) + ι_i``) and ``(sqrt(delay))^σ_i``, are one family:
+``(sqrt(delay))^σ = delay^(σ/2)``, so ``sigma=0.25`` here is the other form's ``σ = 0.5``. They differ only in what
+the same ``σ`` means (and, with server adaptation on, in the step size of the learned ``σ_i``). ``β``'s form, with
+``tg`` the fetched version plus one, is the same in both.
+
+The device side is the numpy-only :class:`DevicePlan`
 (built on :func:`fetch_step`, :func:`mixing_beta` and :class:`DeviceAdjuster`), which both the device trainer and the
 virtual fleet follow (this module never imports torch). The plan trains the two spans as two training calls, so
 the local optimiser's state (SGD momentum, Adam moments) starts afresh after the fetch: the virtual fleet trains

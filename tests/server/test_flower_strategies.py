@@ -548,3 +548,22 @@ def test_start_refuses_bad_initial_arrays_before_anything_runs(arrays, error):
     with pytest.raises((TypeError, ValueError), match=error):
         F.FedAsync(min_available_nodes=3).start(grid=grid, initial_arrays=arrays, num_rounds=2, timeout=30)
     assert grid.pushed == {}
+
+
+def test_fedavg_samples_each_round_as_flowers_fedavg():
+    """fraction_train / min_train_nodes: each round trains max(int(N·fraction_train), min_train_nodes) of the N
+    connected nodes, as Flower's FedAvg samples them (its sample_nodes)."""
+    sizes = {10 + i: 50 + i for i in range(7)}
+    clients = Clients(sizes)
+    strategy = F.FedAvg(fraction_train=0.5, min_train_nodes=2, min_available_nodes=3)
+    strategy.start(grid=FakeGrid(tuple(sizes), clients), initial_arrays=initial(), num_rounds=4, timeout=30)
+    by_round: dict[int, int] = {}
+    for config in clients.configs:
+        by_round[config["server-round"]] = by_round.get(config["server-round"], 0) + 1
+    assert by_round == {1: 3, 2: 3, 3: 3, 4: 3}, by_round  # int(7 · 0.5) = 3
+    clients = Clients(sizes)
+    strategy = F.FedAvg(fraction_train=0.1, min_train_nodes=2, min_available_nodes=3)
+    strategy.start(grid=FakeGrid(tuple(sizes), clients), initial_arrays=initial(), num_rounds=3, timeout=30)
+    assert len(clients.configs) == 3 * 2  # int(0.7) = 0 -> min_train_nodes
+    with pytest.raises(ValueError, match="use Flower's min_train_nodes"):
+        F.FedAvg(min_sample=2)

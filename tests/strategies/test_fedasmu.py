@@ -555,3 +555,15 @@ def test_device_plan_skipped_fusion_reports_beta_zero():
         assert m["beta"] == 0.0 and m["fetch_version"] == version and m["fetch_bytes"] == 0
         assert (m["gamma"], m["upsilon"]) == (1.0, 0.5)              # no fusion: no device adaptation
         assert m["steps"] == 20 and m["loss_before"] == 1.5          # no first-span loss_before: the reply's own
+
+
+def test_the_two_published_forms_of_the_delay_term_are_one_family():
+    """ξ with delay^σ (fedhive, the port) at σ/2 equals ξ with sqrt(delay)^σ at σ (the other implementation's form)."""
+    import math
+
+    from fedhive.strategies.fedasmu import mixing_alpha
+
+    for v, o, sigma in [(10, 3, 0.5), (5000, 4990, 0.5), (1, 0, 1.0), (77, 1, 0.3)]:
+        t, delay = v + 1, v - o + 1
+        other = 1.0 / (math.sqrt(t) * math.sqrt(delay) ** sigma)  # λ = 1, ι = 0
+        assert mixing_alpha(v, o, 1.0, sigma / 2, 0.0, 1.0) == pytest.approx(other / (1 + other), rel=1e-12)
