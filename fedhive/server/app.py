@@ -266,7 +266,7 @@ def _file_log(path: Path) -> logging.Handler | None:
 
 def front_door(settings: RunSettings) -> Any:
     """The :mod:`fedhive.flower` strategy object that carries this run's options (checkpoints, resume, metrics,
-    polling, FedASMU's model store); the server app runs its engine (:meth:`~fedhive.flower.EngineRun`)."""
+    polling, FedASMU's model store); its ``prepare`` builds the run's :class:`~fedhive.flower.EngineRun`."""
     from fedhive.flower import strategy_class
 
     cls = strategy_class(settings["strategy"])
