@@ -15,13 +15,17 @@ from fedhive import __version__
 
 
 def _strategies(args: argparse.Namespace) -> int:
-    from fedhive.strategies import STRATEGIES, parameters
+    from fedhive.strategies import STRATEGIES, build
 
-    table = Table(title="fedhive strategies (keywords for --strategy-param / run config)")
+    table = Table(title="fedhive strategies (keywords for --param / --strategy-param / run config)")
     table.add_column("name")
-    table.add_column("parameters (defaults)")
+    table.add_column("parameters (defaults, as resolved)")
+    table.add_column("preset=paper sets")
     for name, cls in STRATEGIES.items():
-        table.add_row(name, ", ".join(f"{k}={v!r}" for k, v in parameters(name).items() if k not in ("non_trainable", "validation_fn")))
+        config = build(name).config()
+        paper = {k: v for k, v in cls.PRESETS["paper"].items() if config.get(k) != v}
+        table.add_row(name, ", ".join(f"{k}={v!r}" for k, v in config.items()),
+                      ", ".join(f"{k}={v!r}" for k, v in paper.items()) or "(the defaults: they are the paper's)")
     Console().print(table)
     return 0
 

@@ -287,8 +287,8 @@ class EngineRun:
     """One run of a fedhive strategy over a Flower Grid: the engine under both front doors.
 
     :meth:`_FedhiveFlowerStrategy.prepare` builds it: the run folder tidied (and the checkpoint to resume from
-    found), the model store for a strategy that needs one (its address and token go to every train message), the
-    :class:`~fedhive.server.grid_transport.GridTransport`, the Prometheus endpoint, and the
+    found), the model store for a strategy that needs one (its address goes to every train message, with each
+    node's own token), the :class:`~fedhive.server.grid_transport.GridTransport`, the Prometheus endpoint, and the
     :class:`~fedhive.engine.Orchestrator`. ``start()`` (the Flower front door) and fedhive's own ServerApp
     (:mod:`fedhive.server.app`) each add their observers, :meth:`wait_for_nodes`, :meth:`run`, :meth:`settle` and
     :meth:`close` it; so every reply is validated and counted, checkpointed and exported the same way in both.
@@ -500,8 +500,9 @@ class _FedhiveFlowerStrategy(FlowerStrategy):
         store = self._start_store(strategy) if strategy.needs_model_store else None
         metrics = None
         try:
-            if store is not None:  # where the devices fetch from, in every train message
+            if store is not None:  # where the devices fetch from, in every train message; each node's own token
                 options["extra_config"] = {**dict(options.get("extra_config") or {}), **self._store_config(store)}
+                options["node_config"] = lambda node: {M.STORE_TOKEN: store.token_for(node)}
             transport = GridTransport(grid, list(names), **options)
             fanout = Fanout([])
             if store is not None:
@@ -620,7 +621,7 @@ class _FedhiveFlowerStrategy(FlowerStrategy):
 
     def _store_config(self, store: Any) -> dict[str, Any]:
         """What a train message tells the device about the model store."""
-        return {M.STORE_ADDRESS: self.store_public_address or store.address, M.STORE_TOKEN: store.token}
+        return {M.STORE_ADDRESS: self.store_public_address or store.address}
 
     def _min_nodes(self) -> int:
         return 1

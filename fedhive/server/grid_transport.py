@@ -128,7 +128,9 @@ class GridTransport(Transport):
     profile_ttl
         How long a node has to answer the profile query before it joins as ``unknown``.
     extra_config
-        Added to every train message's config (e.g. the model store's address and token for FedASMU).
+        Added to every train message's config (e.g. the model store's address for FedASMU).
+    node_config
+        ``node_id -> config`` added to each train message for that node (e.g. the node's own model-store token).
     idle_timeout
         With nothing in flight and no deadline, :meth:`wait` gives up after this many seconds without a change.
     partition_sizes
@@ -158,7 +160,8 @@ class GridTransport(Transport):
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  partition_sizes: Sequence[int] | None = None, arrays_key: str = M.ARRAYS,
                  config_key: str = M.CONFIG, weight_key: str | None = None, query_profiles: bool = True,
-                 make_config: Callable[[Task], Mapping[str, Any]] | None = None, alias_loss: bool = True) -> None:
+                 make_config: Callable[[Task], Mapping[str, Any]] | None = None, alias_loss: bool = True,
+                 node_config: Callable[[int], Mapping[str, Any]] | None = None) -> None:
         ttl = number("ttl (seconds)", ttl, low=0, low_open=True)
         for what, key in (("arrays_key", arrays_key), ("config_key", config_key), ("weight_key", weight_key)):
             if key is not None and (type(key) is not str or not key):
@@ -183,6 +186,7 @@ class GridTransport(Transport):
         self.membership_interval = float(membership_interval)
         self.profile_ttl = float(profile_ttl)
         self.extra_config = dict(extra_config or {})
+        self.node_config = node_config
         self.idle_timeout = float(idle_timeout)
         self._clock = clock
         self._sleep = sleep
@@ -402,6 +406,8 @@ class GridTransport(Transport):
         if self.interrupted:  # stopping: the task stays in the engine's record, lost on resume (never run twice)
             return
         base = {**self.extra_config, **(task.config if self.make_config is None else self.make_config(task))}
+        if self.node_config is not None:
+            base.update(self.node_config(task.node_id))
         config = {**base, M.TASK_ID: task_id, M.VERSION: task.version}
         content = RecordDict({self.arrays_key: self._record(task.version, params),
                               self.config_key: M.to_config_record(config)})

@@ -186,6 +186,66 @@ def _frozen(params: Iterable[np.ndarray]) -> Params:
     return out
 
 
+PRESET_DEFAULT = "default"
+
+
+def presets(**table: Mapping[str, Any]) -> Any:
+    """Class decorator: the strategy takes ``preset=`` (``"default"`` or a name of ``table``), one switch between its
+    defaults and a named setting such as the paper's (``preset="paper"``).
+
+    A preset fills the keywords the caller did not give; keywords given explicitly win over it. The strategy's
+    :meth:`Strategy.config` reports the preset beside the values it resolved to, and ``PRESETS`` lists each preset's
+    values (``"default"``: ``{}``, the signature's defaults).
+    """
+
+    def wrap(cls: type) -> type:
+        import functools
+        import inspect
+
+        init = cls.__dict__["__init__"]
+        config = cls.__dict__["config"]
+        named = {PRESET_DEFAULT: MappingProxyType({}), **{k: MappingProxyType(dict(v)) for k, v in table.items()}}
+        sig = inspect.signature(init)
+        accepted = {p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        for name, values in named.items():
+            unknown = sorted(set(values) - accepted)
+            if unknown:  # pragma: no cover - a programming error in the table
+                raise TypeError(f"{cls.__name__} preset {name!r} names unknown parameter(s) {', '.join(unknown)}")
+
+        @functools.wraps(init)
+        def __init__(self: Any, *args: Any, preset: Any = _UNSET, **kwargs: Any) -> None:
+            if preset is not _UNSET:
+                P.choice("preset", preset, tuple(named))
+                kwargs = {**named[preset], **kwargs}
+                self._preset = preset
+            elif not hasattr(self, "_preset"):  # a subclass's wrapper may have set it already
+                self._preset = PRESET_DEFAULT
+            init(self, *args, **kwargs)
+
+        @functools.wraps(config)
+        def config_with_preset(self: Any) -> dict[str, Any]:
+            return {**config(self), "preset": self._preset}
+
+        params = list(sig.parameters.values())
+        at = len(params) - (1 if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD else 0)
+        params.insert(at, inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default=PRESET_DEFAULT))
+        __init__.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        cls.__init__ = __init__
+        cls.config = config_with_preset
+        cls.PRESETS = MappingProxyType(named)
+        return cls
+
+    return wrap
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET: Any = _Unset()
+
+
 class Strategy(ABC):
     """Abstract base of every fedhive strategy.
 

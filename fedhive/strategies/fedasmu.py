@@ -96,7 +96,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from . import params as P
-from .base import APPLIED, ClientInfo, Dispatch, Outcome, Params, Strategy, Task, Update
+from .base import APPLIED, ClientInfo, Dispatch, Outcome, Params, Strategy, Task, Update, presets
 from .weighted_sum import weighted_sum
 
 ValidationFn = Callable[[list[np.ndarray]], tuple[float, list[np.ndarray]]]
@@ -366,6 +366,8 @@ class DevicePlan:
 
 
 # --------------------------------------------------------------------------- the server side
+@presets(paper={"mu_alpha": 1.0, "lam": 1.0, "sigma": 0.5, "iota": 0.0, "server_meta_lr": 0.01, "mu_beta": 1.0,
+            "gamma": 1.0, "upsilon": 0.5, "local_meta_lr": 0.01, "fetch_fraction": 0.5})
 class FedASMU(Strategy):
     """Fully asynchronous mixing with a per-client, adaptive staleness-aware weight ``α`` (see the module docstring).
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from . import params as P
-from .base import APPLIED, ClientInfo, Dispatch, Outcome, Strategy, Task, Update, frozen_config
+from .base import APPLIED, ClientInfo, Dispatch, Outcome, Strategy, Task, Update, frozen_config, presets
 from .staleness import STALENESS_KINDS, make_staleness, staleness_parameters
 from .weighted_sum import weighted_sum
 
 
+@presets(paper={"alpha": 0.6, "staleness": "polynomial", "staleness_a": 0.5})
 class FedAsync(Strategy):
     """Fully asynchronous mixing, ``w ← (1 − α·s(τ))·w + α·s(τ)·w_i``.
 

@@ -42,7 +42,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import params as P
-from .base import APPLIED, BUFFERED, DEFAULT_MAX_WEIGHT_RATIO, ClientInfo, Dispatch, Outcome, Strategy, Task, Update
+from .base import (APPLIED, BUFFERED, DEFAULT_MAX_WEIGHT_RATIO, ClientInfo, Dispatch, Outcome, Strategy, Task, Update,
+                   presets)
 from .weighted_sum import mean_of, weighted_sum
 
 AUTO = "auto"
@@ -71,6 +72,7 @@ def _round_timeout(value: Any) -> float | str | None:
         raise ValueError(f"round_timeout must be {_ROUND_TIMEOUTS}, got {value!r}") from None
 
 
+@presets(paper={})
 class FedAvg(Strategy):
     """Synchronous rounds with example-weighted averaging.
 

@@ -18,11 +18,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import params as P
-from .base import APPLIED, BUFFERED, ClientInfo, Dispatch, Outcome, Strategy, Task, Update, frozen_config
+from .base import APPLIED, BUFFERED, ClientInfo, Dispatch, Outcome, Strategy, Task, Update, frozen_config, presets
 from .staleness import STALENESS_KINDS, make_staleness, staleness_parameters
 from .weighted_sum import mean_of, weighted_sum
 
 
+@presets(paper={})
 class FedBuff(Strategy):
     """Buffered asynchronous aggregation of staleness-weighted deltas.
 

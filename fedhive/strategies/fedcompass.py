@@ -92,7 +92,7 @@ import numpy as np
 
 from . import params as P
 from .base import (APPLIED, BUFFERED, DEFAULT_MAX_WEIGHT_RATIO, ClientInfo, Dispatch, Outcome, Params, Strategy, Task,
-                   Update, frozen_config)
+                   Update, frozen_config, presets)
 from .staleness import STALENESS_KINDS, make_staleness, staleness_parameters
 from .weighted_sum import mean_of, weighted_sum
 
@@ -149,6 +149,8 @@ class _Estimate:
         return self.overhead + q * self.speed
 
 
+@presets(paper={"q_min": 20, "q_max": 100, "lam": 1.5, "speed_momentum": 0.9, "alpha": 0.9,
+               "staleness": "polynomial", "staleness_a": 0.5, "client_weights": "samples", "speed_model": "per_step"})
 class FedCompass(Strategy):
     """Computing-power-aware group scheduling with per-client local steps.
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import params as P
 from .base import (BUFFERED, DEFAULT_MAX_WEIGHT_RATIO, ClientInfo, Dispatch, Outcome, Params, Strategy, Task, Update,
-                   frozen_config)
+                   frozen_config, presets)
 from .weighted_sum import mean_of, weighted_sum
 
 _CEIL_TOLERANCE = 1e-9
@@ -40,6 +40,7 @@ def interval_weight(duration: float, interval: float, p: float) -> float:
     return max(1, math.ceil(duration / interval - _CEIL_TOLERANCE)) * p
 
 
+@presets(paper={})
 class FedFix(Strategy):
     """Fixed-interval aggregation with unbiasing weights ``d_i = ceil(τ_i/Δt)·p_i``.
 

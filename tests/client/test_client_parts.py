@@ -341,7 +341,7 @@ def fedasmu_request(store_address: str, token: str) -> dict:
 def test_fedasmu_fetches_the_newer_model_from_the_store(store, model, tmp_path):
     store.publish([a + 0.5 for a in model], 4)
     trainer = Trainer(device="cpu")
-    metrics, out = trainer.handle(fedasmu_request(store.address, store.token), model)
+    metrics, out = trainer.handle(fedasmu_request(store.address, store.token_for(1)), model)
     assert metrics["fetch_version"] == store.version == 4
     assert metrics["fetch_bytes"] > 0 and store.served == 1
     assert metrics["steps"] == 3 and 0.0 < metrics["beta"] <= 1.0
@@ -349,7 +349,7 @@ def test_fedasmu_fetches_the_newer_model_from_the_store(store, model, tmp_path):
     # Through the worker socket too.
     w = Worker(tmp_path / "w.sock", trainer)
     try:
-        m2, _ = call(w.path, fedasmu_request(store.address, store.token), model)
+        m2, _ = call(w.path, fedasmu_request(store.address, store.token_for(1)), model)
         assert m2["fetch_version"] == 4 and m2["fetch_bytes"] == metrics["fetch_bytes"] and store.served == 2
     finally:
         w.close()
@@ -368,6 +368,6 @@ def test_fedasmu_trains_on_when_the_fetch_is_refused(store, model, caplog):
 
 def test_fedasmu_without_a_newer_model_does_not_mix(store, model):
     store.publish(model, 0)  # the device already has version 0
-    metrics, _ = Trainer(device="cpu").handle(fedasmu_request(store.address, store.token), model)
+    metrics, _ = Trainer(device="cpu").handle(fedasmu_request(store.address, store.token_for(1)), model)
     assert metrics["fetch_version"] == 0 and metrics["fetch_bytes"] == 0 and metrics["beta"] == 0.0
     assert store.not_newer == 1

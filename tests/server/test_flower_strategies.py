@@ -307,6 +307,35 @@ def test_fedasmu_train_fetches_and_fuses_from_the_strategys_store():
     assert sorted(result.evaluate_metrics_serverapp) == []  # no evaluate_fn given
 
 
+def test_each_node_gets_its_own_store_token_and_a_forged_one_is_refused():
+    """Per-node model-store credentials: node n's train messages carry the token of n (``"n.<mac>"``); a device that
+    puts another node's id on its own token's MAC (a forgery) is turned away and trains on without the fetch."""
+    tokens: dict[int, set] = {}
+    forged: list[dict] = []
+    fetched: list[dict] = []
+    nodes = sorted(SIZES)
+
+    def client(msg: Message):
+        node = msg.metadata.dst_node_id
+        config = msg.content["config"]
+        tokens.setdefault(node, set()).add(config[M.STORE_TOKEN])
+        forge = node == nodes[0]
+        if forge:
+            msg.content["config"][M.STORE_TOKEN] = f"{nodes[1]}." + config[M.STORE_TOKEN].partition(".")[2]
+        arrays, metrics = F.fedasmu_train(msg, lambda a, n: ([x + 0.01 for x in a], {"train_loss": 1.0}))
+        (forged if forge else fetched).append(metrics)
+        return RecordDict({"arrays": arrays, "metrics": MetricRecord({**metrics, "num-examples": SIZES[node]})})
+
+    strategy = F.FedASMU(local_steps=4, min_available_nodes=3)
+    strategy.start(grid=FakeGrid(tuple(SIZES), client), initial_arrays=initial(), num_rounds=8, timeout=30)
+    assert set(tokens) == set(nodes)
+    assert all(len(t) == 1 for t in tokens.values())  # one token per node for the whole run
+    own = {n: next(iter(t)) for n, t in tokens.items()}
+    assert len(set(own.values())) == len(nodes) and all(t.startswith(f"{n}.") for n, t in own.items())
+    assert forged and all(m["fetch_version"] == m[M.VERSION] for m in forged)  # refused: nothing fetched
+    assert any(m["fetch_version"] > m[M.VERSION] for m in fetched)  # the honest nodes' tokens work
+
+
 def test_fedasmu_train_without_a_store_is_one_plain_training():
     msg = Message(RecordDict({"arrays": initial(), "config": ConfigRecord({"local-steps": 3})}), dst_node_id=11,
                   message_type="train")
@@ -555,14 +584,15 @@ def test_fedavg_samples_each_round_as_flowers_fedavg():
     connected nodes, as Flower's FedAvg samples them (its sample_nodes)."""
     sizes = {10 + i: 50 + i for i in range(7)}
     clients = Clients(sizes)
-    strategy = F.FedAvg(fraction_train=0.5, min_train_nodes=2, min_available_nodes=3)
+    strategy = F.FedAvg(fraction_train=0.5, min_train_nodes=2, min_available_nodes=3,
+                        round_timeout=None)  # no deadline: millisecond tasks under load
     strategy.start(grid=FakeGrid(tuple(sizes), clients), initial_arrays=initial(), num_rounds=4, timeout=30)
     by_round: dict[int, int] = {}
     for config in clients.configs:
         by_round[config["server-round"]] = by_round.get(config["server-round"], 0) + 1
     assert by_round == {1: 3, 2: 3, 3: 3, 4: 3}, by_round  # int(7 · 0.5) = 3
     clients = Clients(sizes)
-    strategy = F.FedAvg(fraction_train=0.1, min_train_nodes=2, min_available_nodes=3)
+    strategy = F.FedAvg(fraction_train=0.1, min_train_nodes=2, min_available_nodes=3, round_timeout=None)
     strategy.start(grid=FakeGrid(tuple(sizes), clients), initial_arrays=initial(), num_rounds=3, timeout=30)
     assert len(clients.configs) == 3 * 2  # int(0.7) = 0 -> min_train_nodes
     with pytest.raises(ValueError, match="use Flower's min_train_nodes"):

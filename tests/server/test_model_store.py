@@ -10,7 +10,7 @@ from fedhive.client.fetch import FetchError, fetch_model
 from fedhive.proto import model_store_pb2 as pb
 from fedhive.proto import model_store_pb2_grpc as pb_grpc
 from fedhive.proto.modelfile import decode, encode
-from fedhive.server.model_store import TOKEN_KEY, ModelStore
+from fedhive.server.model_store import TOKEN_KEY, ModelStore, node_token, token_node
 
 
 def small_model() -> list[np.ndarray]:
@@ -27,18 +27,54 @@ def raw_chunks(store: ModelStore, min_version: int, chunk_bytes: int = 0, token:
     with grpc.insecure_channel(store.address) as ch:
         stub = pb_grpc.ModelStoreStub(ch)
         return list(stub.GetModel(pb.GetModelRequest(min_version=min_version, chunk_bytes=chunk_bytes),
-                                  metadata=((TOKEN_KEY, store.token if token is None else token),), timeout=10))
+                                  metadata=((TOKEN_KEY, store.token_for(7) if token is None else token),), timeout=10))
 
 
 # --------------------------------------------------------------------------- store and fetch
-def test_address_has_the_bound_port_and_a_fresh_token_per_store(store):
+def test_address_has_the_bound_port_and_a_fresh_secret_per_store(store):
     host, _, port = store.address.rpartition(":")
     assert host == "127.0.0.1" and int(port) > 0
     other = ModelStore("127.0.0.1:0")
     try:
-        assert len(store.token) == 64 and other.token != store.token and other.address != store.address
+        assert len(store.secret) == 64 and other.secret != store.secret and other.address != store.address
+        assert store.token_for(7) != other.token_for(7)  # a token of one run is not the next run's
     finally:
         other.stop()
+
+
+def test_each_node_has_its_own_token():
+    secret = "s" * 64
+    tokens = {n: node_token(secret, n) for n in (0, 1, 2, 7, 2**64 - 1)}
+    assert len(set(tokens.values())) == 5
+    for n, t in tokens.items():
+        assert t.startswith(f"{n}.") and token_node(secret, t) == n
+        assert token_node("t" * 64, t) is None  # another run's secret
+    # Swapping the node id of a token for another's does not make that node's token.
+    assert token_node(secret, "2." + tokens[1].partition(".")[2]) is None
+    for n in (-1, 2**64, "x"):
+        with pytest.raises(ValueError):
+            node_token(secret, n)
+
+
+@pytest.mark.parametrize("token", [None, b"1.00", 1, "", ".", "1.", ".abc", "-1.abc", "+1.abc", " 1.abc", "1 .abc",
+                                   "\u0661.abc", "1" * 21 + ".abc", "99999999999999999999.abc", "1." + "a" * 200,
+                                   "x" * 10_000])
+def test_malformed_tokens_are_refused_without_error(token):
+    assert token_node("s" * 64, token) is None
+
+
+@pytest.mark.parametrize("secret", ["short", 123, b"x" * 64])
+def test_a_weak_or_odd_secret_is_refused(secret):
+    with pytest.raises(ValueError, match="secret"):
+        ModelStore("127.0.0.1:0", secret=secret)
+
+
+def test_the_store_counts_what_it_serves_to_each_node(store):
+    store.publish(small_model(), 3)
+    fetch_model(store.address, store.token_for(5), min_version=0)
+    fetch_model(store.address, store.token_for(5), min_version=0)
+    fetch_model(store.address, store.token_for(9), min_version=0)
+    assert store.served_by_node == {5: 2, 9: 1} and store.served == 3
 
 
 @pytest.mark.parametrize("address", ["9300", ":9300", "host:", "host:port"])
@@ -49,8 +85,8 @@ def test_bad_listen_address_is_refused(address):
 
 def test_nothing_is_newer_before_the_first_publish(store):
     assert store.version == -1
-    assert fetch_model(store.address, store.token, min_version=-1) == (-1, None, 0)
-    assert fetch_model(store.address, store.token, min_version=5) == (-1, None, 0)
+    assert fetch_model(store.address, store.token_for(7), min_version=-1) == (-1, None, 0)
+    assert fetch_model(store.address, store.token_for(7), min_version=5) == (-1, None, 0)
     chunks = raw_chunks(store, -1)
     assert len(chunks) == 1 and chunks[0].newer is False and chunks[0].data == b""
     assert store.not_newer == 3 and store.served == 0
@@ -60,7 +96,7 @@ def test_published_model_arrives_bit_for_bit(store):
     model = small_model()
     store.publish(model, 3)
     assert store.version == 3
-    version, got, nbytes = fetch_model(store.address, store.token, min_version=1)
+    version, got, nbytes = fetch_model(store.address, store.token_for(7), min_version=1)
     assert version == 3 and nbytes == len(encode(model)) > 0
     assert len(got) == len(model) and all(same_bits(a, b) for a, b in zip(got, model))
     assert store.served == 1
@@ -68,8 +104,8 @@ def test_published_model_arrives_bit_for_bit(store):
 
 def test_not_newer_when_the_device_already_has_the_version(store):
     store.publish(small_model(), 3)
-    assert fetch_model(store.address, store.token, min_version=3) == (3, None, 0)
-    assert fetch_model(store.address, store.token, min_version=10) == (3, None, 0)
+    assert fetch_model(store.address, store.token_for(7), min_version=3) == (3, None, 0)
+    assert fetch_model(store.address, store.token_for(7), min_version=10) == (3, None, 0)
     assert store.not_newer == 2 and store.served == 0
 
 
@@ -80,19 +116,20 @@ def test_wrong_or_empty_token_is_unauthenticated(store, token):
         fetch_model(store.address, token, min_version=1)
     assert store.refused == 1 and store.served == 0
     # The right token still works afterwards.
-    assert fetch_model(store.address, store.token, min_version=1)[0] == 3
+    assert fetch_model(store.address, store.token_for(7), min_version=1)[0] == 3
     assert store.refused == 1
 
 
 def test_refusals_are_counted(store):
     store.publish(small_model(), 1)
-    for token in ("a", "", store.token[:-1], store.token + "0"):
+    good = store.token_for(7)
+    for token in ("a", "", good[:-1], good + "0", "8." + good.partition(".")[2]):
         with pytest.raises(FetchError, match="UNAUTHENTICATED"):
             fetch_model(store.address, token, min_version=0)
     with pytest.raises(grpc.RpcError) as info:
         raw_chunks(store, 0, token="nope")
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert store.refused == 5 and store.served == 0 and store.not_newer == 0
+    assert store.refused == 6 and store.served == 0 and store.not_newer == 0
 
 
 def test_a_3mb_model_arrives_in_several_chunks_intact(store):
@@ -114,7 +151,7 @@ def test_a_3mb_model_arrives_in_several_chunks_intact(store):
     assert hashlib.sha256(data).hexdigest() == chunks[0].sha256
     assert all(same_bits(a, b) for a, b in zip(decode(data), model))
     # fetch_model reassembles it (server default chunk of 1 MiB).
-    version, got, nbytes = fetch_model(store.address, store.token, min_version=0)
+    version, got, nbytes = fetch_model(store.address, store.token_for(7), min_version=0)
     assert version == 2 and nbytes == size and all(same_bits(a, b) for a, b in zip(got, model))
 
 
@@ -130,14 +167,14 @@ def test_tiny_chunk_requests_are_raised_to_the_minimum(store):
 def test_later_fetches_see_the_newest_version(store):
     first = small_model()
     store.publish(first, 3)
-    assert fetch_model(store.address, store.token, 2)[0] == 3
+    assert fetch_model(store.address, store.token_for(7), 2)[0] == 3
     second = [a * 2 for a in first]
     store.publish(second, 4)
-    version, got, _ = fetch_model(store.address, store.token, 3)
+    version, got, _ = fetch_model(store.address, store.token_for(7), 3)
     assert version == 4 and all(same_bits(a, b) for a, b in zip(got, second))
-    assert fetch_model(store.address, store.token, 4) == (4, None, 0)
+    assert fetch_model(store.address, store.token_for(7), 4) == (4, None, 0)
     # A device on version 1 gets the newest one, not the one after its own.
-    version, got, _ = fetch_model(store.address, store.token, 1)
+    version, got, _ = fetch_model(store.address, store.token_for(7), 1)
     assert version == 4 and all(same_bits(a, b) for a, b in zip(got, second))
 
 
@@ -154,7 +191,7 @@ def test_snapshot_serialises_once_per_version(store):
 
 def test_unreachable_store_is_a_fetch_error():
     s = ModelStore("127.0.0.1:0")
-    address, token = s.address, s.token
+    address, token = s.address, s.token_for(7)
     s.stop()
     with pytest.raises(FetchError, match="UNAVAILABLE"):
         fetch_model(address, token, 0, timeout=2.0)
@@ -219,10 +256,10 @@ def test_store_over_tls_with_the_superlinks_certificate(tmp_path):
     s = ModelStore("127.0.0.1:0", certificates=(tmp_path / "server.pem", tmp_path / "server.key"))
     try:
         s.publish([np.ones(4, np.float32)], 2)
-        version, got, _ = fetch_model(s.address, s.token, 0, root_certificates=tmp_path / "ca.crt")
+        version, got, _ = fetch_model(s.address, s.token_for(7), 0, root_certificates=tmp_path / "ca.crt")
         assert version == 2 and np.array_equal(got[0], np.ones(4, np.float32))
         with pytest.raises(FetchError):  # plain text against a TLS store fails
-            fetch_model(s.address, s.token, 0, timeout=5)
+            fetch_model(s.address, s.token_for(7), 0, timeout=5)
     finally:
         s.stop()
 
@@ -247,7 +284,7 @@ def test_concurrent_fetches_encode_each_version_once(store, monkeypatch):
 
     def fetch():
         start.wait()
-        results.append(fetch_model(store.address, store.token, 0, timeout=20))
+        results.append(fetch_model(store.address, store.token_for(7), 0, timeout=20))
 
     threads = [threading.Thread(target=fetch) for _ in range(8)]
     for t in threads:
@@ -258,7 +295,7 @@ def test_concurrent_fetches_encode_each_version_once(store, monkeypatch):
                                      for v, got, _ in results)
     assert store.encodes == 1 and store.served == 8
     store.publish([a + 1 for a in model], 2)
-    assert fetch_model(store.address, store.token, 1)[0] == 2 and store.encodes == 2
+    assert fetch_model(store.address, store.token_for(7), 1)[0] == 2 and store.encodes == 2
 
 
 def test_streams_beyond_the_bound_are_refused_and_raised_as_fetch_errors(monkeypatch):
@@ -273,7 +310,7 @@ def test_streams_beyond_the_bound_are_refused_and_raised_as_fetch_errors(monkeyp
     try:
         assert s.max_streams == 1
         s.publish(small_model(), 1)
-        held = threading.Thread(target=fetch_model, args=(s.address, s.token, 0), kwargs={"timeout": 20})
+        held = threading.Thread(target=fetch_model, args=(s.address, s.token_for(7), 0), kwargs={"timeout": 20})
         held.start()
         import time
 
@@ -281,7 +318,7 @@ def test_streams_beyond_the_bound_are_refused_and_raised_as_fetch_errors(monkeyp
         while s.served == 0 and time.monotonic() < deadline:  # the first call is inside the store
             time.sleep(0.02)
         with pytest.raises(FetchError, match="RESOURCE_EXHAUSTED"):
-            fetch_model(s.address, s.token, 0, timeout=5)
+            fetch_model(s.address, s.token_for(7), 0, timeout=5)
         gate.set()
         held.join(20)
     finally:
@@ -292,20 +329,20 @@ def test_streams_beyond_the_bound_are_refused_and_raised_as_fetch_errors(monkeyp
 def test_a_model_that_cannot_be_encoded_is_internal_and_counted(store):
     store.publish([object()], 1)  # not an array
     with pytest.raises(FetchError, match="INTERNAL"):
-        fetch_model(store.address, store.token, 0, timeout=5)
+        fetch_model(store.address, store.token_for(7), 0, timeout=5)
     assert store.failed == 1 and store.served == 0
     store.publish(small_model(), 2)
-    assert fetch_model(store.address, store.token, 0)[0] == 2
+    assert fetch_model(store.address, store.token_for(7), 0)[0] == 2
 
 
 def test_a_missing_ca_file_is_a_fetch_error_naming_it(store, tmp_path):
     missing = tmp_path / "no-such-ca.crt"
     with pytest.raises(FetchError, match="no-such-ca.crt"):
-        fetch_model(store.address, store.token, 0, root_certificates=missing, timeout=2)
+        fetch_model(store.address, store.token_for(7), 0, root_certificates=missing, timeout=2)
     with pytest.raises(FetchError):  # a CA file that is not PEM: the handshake fails
         bad = tmp_path / "bad.crt"
         bad.write_bytes(b"not a certificate")
-        fetch_model(store.address, store.token, 0, root_certificates=bad, timeout=2)
+        fetch_model(store.address, store.token_for(7), 0, root_certificates=bad, timeout=2)
 
 
 class _Liar(pb_grpc.ModelStoreServicer):
@@ -391,6 +428,6 @@ def test_the_store_listens_on_ipv6_in_brackets():
     try:
         assert s.address.startswith("[::1]:")
         s.publish(small_model(), 1)
-        assert fetch_model(s.address, s.token, 0, timeout=5)[0] == 1
+        assert fetch_model(s.address, s.token_for(7), 0, timeout=5)[0] == 1
     finally:
         s.stop()

@@ -547,7 +547,7 @@ def test_defaults():
     s = FedCompass()
     assert s.config() == {"q_min": 20, "q_max": 100, "lam": 1.5, "speed_momentum": 0.9, "alpha": 0.9,
                           "staleness": "polynomial", "staleness_a": 0.5, "staleness_b": None,
-                          "client_weights": "samples", "speed_model": "affine", "max_weight_ratio": 10.0}
+                          "client_weights": "samples", "speed_model": "affine", "max_weight_ratio": 10.0, "preset": "default"}
 
 
 def test_gauges_follow_the_groups_and_the_buffer():
