@@ -78,11 +78,36 @@ def score(time: float | None, reference: float) -> float:
     return reference / (time if time is not None else 2.0 * reference)
 
 
+def references(workers: int, tuning: str, out: str) -> None:
+    """FedBuff and FedFix with their defaults (the papers') on the tuning fleets, against the FedAvg times of a
+    finished tuning run: where FedCompass's and FedASMU's chosen defaults stand against them."""
+    ref = json.loads(Path(tuning).read_text())["fedavg_time_to_target"]
+    jobs = [(n, s, "default", {}, sc, ref[n]) for n, sc in SCENARIOS.items() for s in ("fedbuff", "fedfix")]
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        rows = list(pool.map(_run, jobs))
+    t = Table(title=f"references on the tuning fleets: speed-up vs FedAvg to {TARGET:.0%}")
+    for col in ("strategy", *[n.split(":")[0] for n in SCENARIOS], "geomean"):
+        t.add_column(col)
+    for s in ("fedbuff", "fedfix"):
+        scores = [score(next(r for r in rows if r["strategy"] == s and r["scenario"] == n)["time_to_target"], ref[n])
+                  for n in SCENARIOS]
+        t.add_row(s, *[f"{x:.2f}×" for x in scores], f"{math.exp(sum(map(math.log, scores)) / len(scores)):.2f}×")
+    Console().print(t)
+    Path(out).write_text(json.dumps({"command": "python benchmarks/tune_defaults.py --references", "runs": rows},
+                                    indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/tune_defaults.json")
+    ap.add_argument("--references", action="store_true",
+                    help="run FedBuff and FedFix (defaults) on the tuning fleets against --out's FedAvg times")
+    ap.add_argument("--references-out", default="benchmarks/results/tune_defaults_references.json")
     args = ap.parse_args()
+    if args.references:
+        references(args.workers, args.out, args.references_out)
+        return
     console = Console()
     t0 = time.perf_counter()
     rows: list[dict] = []

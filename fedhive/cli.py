@@ -121,7 +121,7 @@ def _up(args: argparse.Namespace) -> int:
     exit_on_sigterm()  # `kill`, `timeout` or systemd stop the cluster as Ctrl-C does
     up(strategy=args.strategy, agents=args.agents, mix=args.mix, duration=args.duration, task=args.task, out=args.out,
        metrics_address=args.metrics_address, settings=_pairs(args.set, "run-config setting", "max-versions=50"),
-       emulate=args.emulate, max_restarts=args.max_restarts)
+       emulate=args.emulate, max_restarts=args.max_restarts, insecure=args.insecure)
     return 0
 
 
@@ -254,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how device classes get their speed (default: cgroup CPU quota if writable)")
     u.add_argument("--max-restarts", type=int, default=3, help="times a run lost to a killed ServerApp or "
                    "SuperLink is resumed from its newest checkpoint (default 3; 0: never)")
+    u.add_argument("--insecure", action="store_true", help="plain text and no node authentication (default: TLS with "
+                   "a CA made in the run folder, and every agent's key registered with the SuperLink)")
     u.set_defaults(func=_up)
 
     s = sub.add_parser("submit", help="submit a run to a running SuperLink, or resume it; resubmit it when lost",
@@ -280,8 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--port", type=int, default=9094, help="the SuperNode's local port (distinct per node on a host)")
     a.add_argument("--insecure", action="store_true", help="plain text to the SuperLink (no TLS)")
     a.add_argument("--root-certificates", default="", help="CA certificate of the SuperLink (TLS)")
-    a.add_argument("--auth-supernode-private-key", default="", help="node authentication: private key")
-    a.add_argument("--auth-supernode-public-key", default="", help="node authentication: public key")
+    a.add_argument("--auth-supernode-private-key", default="", help="node authentication: this node's ECDSA private key (OpenSSH form, e.g. ssh-keygen -t ecdsa -b 384; "
+                   "its public key registered with `flwr supernode register`)")
+    a.add_argument("--auth-supernode-public-key", default="", help="deprecated in Flower 1.42 (derived from the "
+                   "private key); passed on when given")
     a.add_argument("--slowdown", type=float, default=1.0, help="emulate a slower device: wait (x-1) x compute time")
     a.add_argument("--no-worker", action="store_true", help="no warm worker: every ClientApp loads torch and data")
     a.add_argument("--max-backoff", type=float, default=60.0, help="longest wait between SuperNode restarts (s)")

@@ -170,10 +170,16 @@ class LocalCluster:
     host
         The address the SuperLink binds (default ``127.0.0.1``; a test's private network, e.g. the host side of
         :class:`fedhive.faults.netns.Netns`, for nodes in another network namespace).
+    secure
+        TLS and Flower's node authentication: a CA and server certificate in ``certs/`` (:func:`fedhive.security.make_tls`,
+        SAN ``host``, ``localhost``, ``127.0.0.1``); the SuperLink runs ``--ssl-* --enable-supernode-auth``; every
+        agent or SuperNode gets its own ECDSA P-384 key in ``certs/nodes/``, registered with ``flwr supernode
+        register`` before it starts; ``flwr`` verifies the SuperLink with ``root-certificates``. :attr:`tls` then
+        names the files (the model store serves the same certificate: :meth:`store_settings`).
     """
 
     def __init__(self, run_dir: str | Path, *, port: int | None = None, emulate: str = "auto",
-                 data_dir: str | Path | None = None, host: str = "127.0.0.1") -> None:
+                 data_dir: str | Path | None = None, host: str = "127.0.0.1", secure: bool = False) -> None:
         if emulate not in ("auto", "cgroup", "slowdown", "none"):
             raise ValueError(f"emulate must be auto, cgroup, slowdown or none, got {emulate!r}")
         self.run_dir = Path(run_dir).resolve()
@@ -184,8 +190,15 @@ class LocalCluster:
         self.address = f"{host}:{self.port}"
         self.flwr_home = self.run_dir / "flwr"
         self.flwr_home.mkdir(exist_ok=True)
+        self.secure = secure
+        self.tls = None
+        if secure:
+            from fedhive.security import make_tls
+
+            self.tls = make_tls(self.run_dir / "certs", [host])
+        transport = (f'root-certificates = "{self.tls.ca}"' if self.tls else "insecure = true")
         (self.flwr_home / "config.toml").write_text(
-            f'[superlink]\ndefault = "up"\n\n[superlink.up]\naddress = "{self.address}"\ninsecure = true\n')
+            f'[superlink]\ndefault = "up"\n\n[superlink.up]\naddress = "{self.address}"\n{transport}\n')
         self.data_dir = Path(data_dir) if data_dir else None
         self.procs: list[Proc] = []
         self.server_pids: set[int] = set()  # ServerApps seen in a status.json (Flower's SuperExec starts them)
@@ -225,6 +238,7 @@ class LocalCluster:
         self.flwr_home, self.connection, self.same_host = flwr_home, connection, False
         self.data_dir, self.procs, self.server_pids, self.cgroups = None, [], set(), None
         self.emulation, self._agents, self.superlink = "none", 0, None
+        self.secure, self.tls = False, None
         self.env = flower_env({"FLWR_HOME": str(flwr_home)})
         return self
 
@@ -245,20 +259,56 @@ class LocalCluster:
         return proc
 
     def start_superlink(self, timeout: float = 60.0) -> Proc:
-        cmd = [flower_command("flower-superlink"), "--insecure", "--host", self.host, "--port", str(self.port),
-               "--database", str(self.run_dir / "state.db")]
+        cmd = [flower_command("flower-superlink"), *self._superlink_security(), "--host", self.host,
+               "--port", str(self.port), "--database", str(self.run_dir / "state.db")]
         proc = self._spawn("superlink", cmd)
         self.superlink = proc
-        self.wait_http(f"http://{self.address}/health", timeout, proc)
+        self.wait_health(timeout, proc)
         return proc
 
-    def wait_http(self, url: str, timeout: float, proc: Proc | None = None) -> None:
+    def _superlink_security(self) -> list[str]:
+        if self.tls is None:
+            return ["--insecure"]
+        return ["--ssl-ca-certfile", str(self.tls.ca), "--ssl-certfile", str(self.tls.cert),
+                "--ssl-keyfile", str(self.tls.key), "--enable-supernode-auth"]
+
+    def wait_health(self, timeout: float, proc: Proc | None = None) -> None:
+        """Until the SuperLink's ``/health`` answers (over TLS, verified with our CA, when secure)."""
+        if self.tls is None:
+            return self.wait_http(f"http://{self.address}/health", timeout, proc)
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=str(self.tls.ca))
+        return self.wait_http(f"https://{self.address}/health", timeout, proc, context=ctx)
+
+    def node_security(self, name: str) -> list[str]:
+        """The transport and authentication arguments of a ``flower-supernode`` (or ``fedhive agent``) named
+        ``name``; when secure, makes its key and registers it with the SuperLink first (``flwr supernode
+        register``: the SuperLink must be up)."""
+        if self.tls is None:
+            return ["--insecure"]
+        from fedhive.security import make_node_key
+
+        private, public = make_node_key(self.run_dir / "certs" / "nodes", name)
+        res = self.flwr("supernode", "register", str(public), self.connection, "--name", name, timeout=60)
+        if res.returncode != 0 or "registered" not in res.stdout:
+            raise RuntimeError(f"flwr supernode register {public} failed (exit {res.returncode}): "
+                               f"{res.stdout.strip()[-400:]} {res.stderr.strip()[-400:]}")
+        return ["--root-certificates", str(self.tls.ca), "--auth-supernode-private-key", str(private)]
+
+    def store_settings(self) -> dict[str, str]:
+        """Run-config keys for the model store's TLS (the SuperLink's certificate; devices verify with the CA)."""
+        if self.tls is None:
+            return {}
+        return {"tls-certfile": str(self.tls.cert), "tls-keyfile": str(self.tls.key), "store-ca": str(self.tls.ca)}
+
+    def wait_http(self, url: str, timeout: float, proc: Proc | None = None, context: Any = None) -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if proc is not None and not proc.alive():
                 raise RuntimeError(f"{proc.name} exited with code {proc.popen.returncode}; see {proc.log_path}")
             try:
-                with urllib.request.urlopen(url, timeout=2):
+                with urllib.request.urlopen(url, timeout=2, context=context):
                     return
             except OSError:
                 time.sleep(0.2)
@@ -278,7 +328,8 @@ class LocalCluster:
             cgroup = self.cgroups.create(f"agent{i}-{device_class}", cores)  # type: ignore[arg-type]
         elif self.emulation == "slowdown" and cores:
             slowdown = 1.0 / float(cores)  # type: ignore[arg-type]
-        cmd = [sys.executable, "-m", "fedhive.cli", "agent", "--superlink", self.address, "--insecure",
+        name = f"agent{i}-{device_class}"
+        cmd = [sys.executable, "-m", "fedhive.cli", "agent", "--superlink", self.address, *self.node_security(name),
                "--partition-id", str(partition_id), "--num-partitions", str(num_partitions),
                "--device-class", device_class, "--port", str(free_port()),
                "--state-dir", str(self.run_dir / "agents" / f"agent{i}"), "--slowdown", f"{slowdown:g}"]
@@ -287,15 +338,16 @@ class LocalCluster:
         if not worker:
             cmd.append("--no-worker")
         cmd = list(prefix) + cmd + list(extra or [])
-        return self._spawn(f"agent{i}-{device_class}", cmd, cgroup=cgroup, device_class=device_class)
+        return self._spawn(name, cmd, cgroup=cgroup, device_class=device_class)
 
     def add_supernode(self, node_config: Mapping[str, Any], name: str | None = None) -> Proc:
         """A bare ``flower-supernode`` (no agent, no worker): e.g. for a stock Flower ClientApp."""
         i = self._agents
         self._agents += 1
-        cmd = [flower_command("flower-supernode"), "--insecure", "--superlink", self.address,
+        name = name or f"supernode{i}"
+        cmd = [flower_command("flower-supernode"), *self.node_security(name), "--superlink", self.address,
                "--port", str(free_port()), "--node-config", node_config_string(node_config)]
-        return self._spawn(name or f"supernode{i}", cmd)
+        return self._spawn(name, cmd)
 
     def stop_pgid(self, pgid: int, sig: int = signal.SIGTERM) -> None:
         """Send ``sig`` to process group ``pgid`` (e.g. an agent's SuperNode, from ``agents/*/supernode.pid``)."""
@@ -311,7 +363,11 @@ class LocalCluster:
                               text=True, timeout=timeout)
 
     def submit(self, run_config: Mapping[str, Any], app_dir: str | Path = APP_DIR) -> int:
-        """``flwr run`` the app with ``run_config``; returns the Flower run id."""
+        """``flwr run`` the app with ``run_config``; returns the Flower run id. On a secure cluster fedhive's app
+        also serves its model store over TLS with the SuperLink's certificate (:meth:`store_settings`, unless the
+        run config sets those keys)."""
+        if Path(app_dir).resolve() == Path(APP_DIR).resolve():
+            run_config = {**self.store_settings(), **run_config}
         res = self.flwr("run", str(app_dir), self.connection, "--format", "json", "--run-config",
                         format_run_config(run_config))
         try:

@@ -103,9 +103,9 @@ class AgentOptions:
             raise ValueError(f"partition-id {self.partition_id} must be < num-partitions {self.num_partitions}")
         if not self.insecure and not self.root_certificates:
             raise ValueError("TLS needs --root-certificates CA.pem (or pass --insecure for plain text)")
-        if bool(self.auth_private_key) != bool(self.auth_public_key):
-            raise ValueError("node authentication needs both --auth-supernode-private-key and "
-                             "--auth-supernode-public-key")
+        if self.auth_public_key and not self.auth_private_key:
+            raise ValueError("--auth-supernode-public-key without --auth-supernode-private-key: node authentication "
+                             "needs the private key (Flower 1.42 derives the public key from it)")
         self.slowdown = number("slowdown", self.slowdown, low=1)
 
 
@@ -156,8 +156,9 @@ class Agent:
         else:
             cmd += ["--root-certificates", o.root_certificates]
         if o.auth_private_key:
-            cmd += ["--auth-supernode-private-key", o.auth_private_key,
-                    "--auth-supernode-public-key", o.auth_public_key]
+            cmd += ["--auth-supernode-private-key", o.auth_private_key]
+        if o.auth_public_key:  # deprecated in Flower 1.42 (derived from the private key); passed on when given
+            cmd += ["--auth-supernode-public-key", o.auth_public_key]
         return cmd
 
     def start_worker(self) -> None:

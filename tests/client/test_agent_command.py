@@ -34,3 +34,8 @@ def test_tls_and_node_auth_are_passed_to_the_supernode(tmp_path):
     assert cmd[cmd.index("--auth-supernode-public-key") + 1] == "/k/node.pub"
     cfg = parse_config_args([cmd[cmd.index("--node-config") + 1]])
     assert cfg["device-class"] == "cpu"  # the override wins over the detected rpi4
+    # Flower 1.42 derives the public key from the private one (the flag is deprecated): the private key alone will do
+    cmd = Agent(AgentOptions(superlink="link:8000", insecure=False, root_certificates="/ca.crt",
+                             auth_private_key="/k/node", state_dir=str(tmp_path)), profile=PI).command()
+    assert cmd[cmd.index("--auth-supernode-private-key") + 1] == "/k/node"
+    assert "--auth-supernode-public-key" not in cmd

@@ -138,7 +138,6 @@ def test_node_config_string_refuses_spaces_and_single_quotes(value):
     ({"partition_id": 1.5, "num_partitions": 3}, "partition-id must be an integer >= 0, got 1.5"),
     ({"num_partitions": True}, "num-partitions must be an integer >= 1, got True"),
     ({"insecure": False}, "root-certificates"),
-    ({"auth_private_key": "/k/node"}, "auth-supernode-public-key"),
     ({"auth_public_key": "/k/node.pub"}, "auth-supernode-private-key"),
     ({"slowdown": 0.5}, "slowdown must be a finite number >= 1, got 0.5"),
     ({"slowdown": float("nan")}, "slowdown must be a finite number >= 1, got nan"),

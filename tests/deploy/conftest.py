@@ -42,9 +42,10 @@ def dump_logs(cluster: LocalCluster, lines: int = 30) -> str:
 
 @pytest.fixture(scope="module")
 def cluster4(tmp_path_factory):
-    """A SuperLink and four fedhive agents (no CPU quota: the tests check behaviour, not speed)."""
+    """A SuperLink and four fedhive agents (no CPU quota: the tests check behaviour, not speed), secure as
+    ``fedhive up``'s default: TLS for the SuperLink and the model store, and node authentication."""
     root = tmp_path_factory.mktemp("cluster4")
-    cluster = LocalCluster(root, emulate="none", data_dir=root / "data")
+    cluster = LocalCluster(root, emulate="none", data_dir=root / "data", secure=True)
     try:
         cluster.start_superlink()
         for i, cls in enumerate(("gpu", "cpu", "cpu", "rpi4")):

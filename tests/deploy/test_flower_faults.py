@@ -103,6 +103,9 @@ def test_fedhive_up_leaves_a_run_folder(tmp_path):
             proc.kill()
     assert proc.returncode == 0, stdout
     assert "emulated by cgroup" in stdout or "emulated by slowdown" in stdout
+    # Secure by default: TLS, and each agent's own key registered with the SuperLink.
+    assert "TLS and node authentication" in stdout
+    assert len(list((out / "certs" / "nodes").glob("agent*.pub"))) == 3
     h = read_json(out / "history.json")
     assert {"history", "final"} <= set(h)
     assert {"time", "version", "accuracy", "loss", "client_updates"} <= set(h["history"][-1])

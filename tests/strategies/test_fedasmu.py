@@ -29,6 +29,7 @@ def _clients(n: int) -> list[ClientInfo]:
 def _start(n: int = 3, w0=(1.0, 2.0, 3.0), **kw) -> Driven:
     """A started FedASMU (through ``Driven``); the client-loss heuristic unless the test picks an adaptation."""
     kw.setdefault("server_adaptation", "heuristic")
+    kw.setdefault("preset", "paper")  # the paper's rules and values; the defaults are tested apart
     s = Driven(FedASMU(**kw))
     s.start([np.array(w0, dtype=np.float64)], _clients(n), now=0.0)
     return s
@@ -116,7 +117,7 @@ def test_huge_mu_alpha_fresh_update_gives_client_model():
 
 
 def test_non_trainable_tensor_takes_client_value():
-    s = Driven(FedASMU(server_adaptation="heuristic"))
+    s = Driven(FedASMU(preset="paper", server_adaptation="heuristic"))
     s.start([np.zeros(3), np.array([4], dtype=np.int64)], _clients(1), 0.0)
     t = s.on_idle(ClientInfo(1, 10), 0.0)
     s.on_update(Update(1, t.version, [np.full(3, 2.0), np.array([9], dtype=np.int64)], 10), 1.0)
@@ -179,7 +180,7 @@ def _second_arrival_with_validation(target, lr=0.01):
     w0, c1, c2 = np.array([1.0, 2.0, 3.0]), np.array([3.0, 0.0, 1.0]), np.array([0.0, 4.0, -2.0])
     w1 = 0.5 * w0 + 0.5 * c1
     wstar = target(w1, c2)
-    s = Driven(FedASMU(validation_fn=_quadratic(wstar), server_meta_lr=lr))
+    s = Driven(FedASMU(preset="paper", validation_fn=_quadratic(wstar), server_meta_lr=lr))
     s.start([w0], _clients(2), 0.0)
     t1, t2 = s.on_idle(ClientInfo(1, 10), 0.0), s.on_idle(ClientInfo(2, 10), 0.0)
     s.on_update(Update(1, 0, [c1], 10), 1.0)
@@ -337,7 +338,7 @@ def _make(adaptation: str) -> Driven:
         grads = [p - q for p, q in zip(params, target)]
         return 0.5 * sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads), grads
 
-    s = Driven(FedASMU(fetch_fraction="adaptive", server_meta_lr=0.05, server_adaptation=adaptation,
+    s = Driven(FedASMU(preset="paper", fetch_fraction="adaptive", server_meta_lr=0.05, server_adaptation=adaptation,
                        validation_fn=fn if adaptation == "validation" else None))
     s.start([np.zeros(4, np.float32), np.zeros((2, 2), np.float32)], [ClientInfo(i, 10 * i) for i in (1, 2, 3)], 0.0)
     return s
@@ -456,7 +457,7 @@ def test_server_adaptation_validation_without_a_function_fails_at_start():
 def test_set_validation_is_the_same_as_the_constructor_argument():
     target = np.array([0.5, 0.5, 0.5])
     given = _start(2, server_adaptation="validation", validation_fn=_quadratic(target))
-    late = FedASMU()
+    late = FedASMU(preset="paper")
     assert late.needs_validation
     late.set_validation(_quadratic(target))
     assert not late.needs_validation

@@ -60,7 +60,7 @@ def run_table(script: Script, table):
 
 
 def per_step(**kw) -> FedCompass:
-    base = dict(q_min=2, q_max=8, lam=1.5, speed_momentum=0.5, alpha=0.5, staleness="constant",
+    base = dict(preset="paper", q_min=2, q_max=8, lam=1.5, speed_momentum=0.5, alpha=0.5, staleness="constant",
                 speed_model="per_step")
     base.update(kw)
     return FedCompass(**base)
@@ -302,7 +302,8 @@ def test_one_all_client_group_alpha_1_is_fedavg():
 
 def test_staler_update_moves_w_less():
     def moved(n_before: int) -> float:
-        s = Driven(FedCompass(q_min=2, q_max=8, alpha=0.9, speed_model="per_step", client_weights="equal"))
+        s = Driven(FedCompass(preset="paper", q_min=2, q_max=8, alpha=0.9, speed_model="per_step",
+                              client_weights="equal"))
         info = {i: ClientInfo(i, 1) for i in (1, 2, 3)}
         s.start(W0, info.values(), 0.0)
         t = {i: s.on_idle(info[i], 0.0) for i in info}
@@ -390,7 +391,7 @@ def jittery(i, sec):
 
 
 def make(**kw):
-    base = dict(q_min=5, q_max=40, speed_model="per_step")
+    base = dict(preset="paper", q_min=5, q_max=40, speed_model="per_step")
     base.update(kw)
     return FedCompass(**base)
 
@@ -544,10 +545,16 @@ def test_bad_parameters(kw, match):
 
 
 def test_defaults():
-    s = FedCompass()
-    assert s.config() == {"q_min": 20, "q_max": 100, "lam": 1.5, "speed_momentum": 0.9, "alpha": 0.9,
+    s = FedCompass()  # chosen by benchmarks/tune_defaults.py
+    assert s.config() == {"q_min": 5, "q_max": 20, "lam": 1.5, "speed_momentum": 0.9, "alpha": 0.9,
                           "staleness": "polynomial", "staleness_a": 0.5, "staleness_b": None,
-                          "client_weights": "samples", "speed_model": "affine", "max_weight_ratio": 10.0, "preset": "default"}
+                          "client_weights": "group", "speed_model": "affine", "max_weight_ratio": 10.0,
+                          "preset": "default"}
+    paper = FedCompass(preset="paper")  # the authors' configuration
+    assert paper.config() == {"q_min": 20, "q_max": 100, "lam": 1.5, "speed_momentum": 0.9, "alpha": 0.9,
+                              "staleness": "polynomial", "staleness_a": 0.5, "staleness_b": None,
+                              "client_weights": "samples", "speed_model": "per_step", "max_weight_ratio": 10.0,
+                              "preset": "paper"}
 
 
 def test_gauges_follow_the_groups_and_the_buffer():

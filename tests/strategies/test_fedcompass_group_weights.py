@@ -12,7 +12,7 @@ C = [ClientInfo(0, 10, "gpu"), ClientInfo(1, 30, "cpu")]
 
 @pytest.mark.parametrize("weights,expected", [("samples", 0.25 * 0.5), ("equal", 0.5 * 0.5), ("group", 0.5)])
 def test_first_arrival_step_size(weights, expected):
-    s = Driven(FedCompass(alpha=0.5, client_weights=weights, speed_model="per_step", q_min=2, q_max=4))
+    s = Driven(FedCompass(preset="paper", alpha=0.5, client_weights=weights, speed_model="per_step", q_min=2, q_max=4))
     s.start([np.zeros(3)], C, 0.0)
     for c in C:
         assert s.on_idle(c, 0.0).config["local_steps"] == 4
