@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench clean system-packages
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,10 +22,22 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/fedhive up
 
-# The dashboard test scrapes a real Prometheus: Debian's package, installed here when missing.
-test: $(STAMP)
-	command -v prometheus >/dev/null 2>&1 || apt-get install -y -q prometheus >/dev/null \
-		|| { apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null; }
+# System packages the tests run for real: Debian's prometheus (the dashboard test scrapes it) and nginx (the fleet
+# gateway test). Installed here when missing (as root, with apt); otherwise one line says what to run.
+SYSTEM_PACKAGES := prometheus:prometheus nginx:nginx-light
+
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $${p%%:*} >/dev/null 2>&1 || missing="$$missing $${p#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing$$missing (apt-get)"; \
+			apt-get install -y -q $$missing >/dev/null 2>&1 \
+			|| { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$missing >/dev/null 2>&1; } \
+			|| { echo "make test: apt-get could not install$$missing; run: apt-get update && apt-get install$$missing"; exit 1; }; \
+		else echo "make test: the tests need$$missing; run: sudo apt-get install$$missing (then make test again)"; exit 1; fi; \
+	fi
+
+test: $(STAMP) system-packages
 	$(PY) -m pytest -q
 
 clean:

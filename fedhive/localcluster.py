@@ -316,9 +316,10 @@ class LocalCluster:
 
     def add_agent(self, device_class: str, partition_id: int, num_partitions: int, *, worker: bool = True,
                   quota: float | None | str = "class", extra: list[str] | None = None,
-                  prefix: Sequence[str] = ()) -> Proc:
+                  prefix: Sequence[str] = (), superlink: str | None = None) -> Proc:
         """Start ``fedhive agent`` emulating ``device_class`` (CPU quota from :data:`CPU_QUOTAS` by default);
-        ``prefix`` goes before the command (e.g. ``ip netns exec NS``: the agent in another network namespace)."""
+        ``prefix`` goes before the command (e.g. ``ip netns exec NS``: the agent in another network namespace);
+        ``superlink`` is the address it connects to (default the SuperLink's own; e.g. a gateway in front of it)."""
         i = self._agents
         self._agents += 1
         cores = CPU_QUOTAS.get(device_class) if quota == "class" else quota
@@ -329,7 +330,8 @@ class LocalCluster:
         elif self.emulation == "slowdown" and cores:
             slowdown = 1.0 / float(cores)  # type: ignore[arg-type]
         name = f"agent{i}-{device_class}"
-        cmd = [sys.executable, "-m", "fedhive.cli", "agent", "--superlink", self.address, *self.node_security(name),
+        cmd = [sys.executable, "-m", "fedhive.cli", "agent", "--superlink", superlink or self.address,
+               *self.node_security(name),
                "--partition-id", str(partition_id), "--num-partitions", str(num_partitions),
                "--device-class", device_class, "--port", str(free_port()),
                "--state-dir", str(self.run_dir / "agents" / f"agent{i}"), "--slowdown", f"{slowdown:g}"]

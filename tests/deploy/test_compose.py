@@ -10,8 +10,11 @@ cgroup CPU quotas) until the submitted run finishes.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -150,7 +153,9 @@ def test_tls_overlay_uses_the_generated_files():
     for svc in tls.values():
         text = " ".join(map(str, svc.get("command", [])))
         used |= set(re.findall(r"/certs/([\w.]+)", text))
-        assert all(v.split(":")[0] in ("./certs", "agent-data", "./flwr/config-tls.toml") for v in svc.get("volumes", []))
+        assert all(v.split(":")[0] in {f"./certs/{f}" for f in made} | {"agent-data", "superlink-state",
+                                                                             "./flwr/config-tls.toml"}
+                   for v in svc.get("volumes", []))
     assert used <= made and {"ca.crt", "server.pem", "server.key"} <= used
     assert 'root-certificates = "/certs/ca.crt"' in (DEPLOY / "flwr" / "config-tls.toml").read_text()
     from flwr.common.config import parse_config_args
@@ -158,6 +163,82 @@ def test_tls_overlay_uses_the_generated_files():
     cfg = parse_config_args([run_config_of(tls["submit"]["command"])])
     RunSettings.from_config(cfg)
     assert cfg["tls-certfile"] == "/certs/server.pem" and cfg["store-ca"] == "/certs/ca.crt"
+
+
+def certificate_mounts(path: str) -> dict[str, set[str]]:
+    """Per service of an overlay: the files of deploy/certs/ it mounts (a mount of the whole directory: "*")."""
+    out = {}
+    for name, svc in compose(path)["services"].items():
+        files = set()
+        for v in svc.get("volumes", []):
+            src = v.split(":")[0]
+            if src.rstrip("/") == "./certs":
+                files.add("*")
+            elif src.startswith("./certs/"):
+                files.add(src[len("./certs/"):])
+        out[name] = files
+    return out
+
+
+@pytest.mark.parametrize("overlay", ["with-tls.yml", "with-fleet-gateway.yml"])
+def test_containers_mount_only_the_certificate_files_they_need(overlay):
+    for name, files in certificate_mounts(overlay).items():
+        assert "*" not in files and "ca.key" not in files, f"{overlay} {name}: mounts {files}"
+        if name.startswith("agent-"):
+            assert files <= {"ca.crt"}, f"{overlay} {name}: an agent mounts {files}"
+    tls = certificate_mounts("with-tls.yml")
+    assert all(tls[a] == {"ca.crt"} for a in tls if a.startswith("agent-"))
+    assert tls["superlink"] == {"ca.crt", "server.pem", "server.key"}
+
+
+def test_fleet_gateway_overlay_fronts_every_agent():
+    gw = compose("with-fleet-gateway.yml")["services"]
+    template = (DEPLOY / "gateway" / "fleet-only.conf.template").read_text()
+    needed = set(re.findall(r"\$\{(\w+)\}", template))
+    assert needed and needed == set(gw["gateway"]["environment"]), "the template's variables and the overlay's differ"
+    assert any(v.startswith("./gateway/fleet-only.conf.template:/etc/nginx/templates/") for v in gw["gateway"]["volumes"])
+    image = gw["gateway"]["image"]
+    assert re.fullmatch(r"nginx:\d+\.\d+\.\d+", image), image
+    # Every agent of the default file connects through the gateway, over TLS.
+    parser = build_parser()
+    agents = [n for n in compose()["services"] if n.startswith("agent-")]
+    assert agents and set(agents) <= set(gw)
+    for name in agents:
+        args = parser.parse_args(entrypoint(compose()["services"][name])[1:] + gw[name]["command"])
+        assert args.superlink == "gateway:8443" and args.root_certificates == "/certs/ca.crt" and not args.insecure
+    # The gateway's certificate (the SuperLink's) is valid for the name the agents use.
+    assert "DNS:gateway" in (DEPLOY / "certs" / "generate.sh").read_text()
+    assert "location /v1/fleet/" in template and re.search(r"location / \{\s*return 403;", template)
+
+
+def test_generate_sh_makes_readable_keys_and_a_grafana_password(tmp_path):
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "grafana").mkdir()
+    shutil.copy(DEPLOY / "certs" / "generate.sh", tmp_path / "certs" / "generate.sh")
+    res = subprocess.run(["bash", str(tmp_path / "certs" / "generate.sh"), "IP:10.0.0.5"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    certs = tmp_path / "certs"
+    for f in ("ca.key", "server.key"):
+        assert stat.S_IMODE((certs / f).stat().st_mode) == 0o600, f
+    if os.getuid() == 0:
+        assert (certs / "server.key").stat().st_uid == 10001  # the containers' user can read it
+    else:
+        assert "sudo chown 10001" in res.stdout
+    text = subprocess.run(["openssl", "x509", "-in", str(certs / "server.pem"), "-noout", "-ext", "subjectAltName"],
+                          capture_output=True, text=True).stdout
+    for name in ("DNS:superlink", "DNS:gateway", "IP Address:127.0.0.1", "IP Address:10.0.0.5"):
+        assert name in text, text
+    env = (tmp_path / "grafana" / "admin.env").read_text()
+    password = env.strip().split("=", 1)[1]
+    assert env.startswith("GF_SECURITY_ADMIN_PASSWORD=") and len(password) >= 32 and password != "admin"
+    assert stat.S_IMODE((tmp_path / "grafana" / "admin.env").stat().st_mode) == 0o600
+    # Kept when it exists: a second run does not change the password Grafana already stored.
+    subprocess.run(["bash", str(tmp_path / "certs" / "generate.sh")], capture_output=True, check=True, timeout=120)
+    assert (tmp_path / "grafana" / "admin.env").read_text() == env
+    graf = compose()["services"]["grafana"]
+    assert graf["env_file"] == ["./grafana/admin.env"]
+    assert not any("PASSWORD" in k for k in graf.get("environment", {}))
 
 
 def test_systemd_unit_runs_a_valid_agent_command():

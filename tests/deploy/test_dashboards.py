@@ -1,7 +1,7 @@
 """Every Grafana panel's query returns data from a real Prometheus scraping a real fedhive run on loopback.
 
 A SuperLink and three fedhive agents run FedBuff with the server's metrics on a free port; Debian's ``prometheus``
-(``.ci/run`` installs it when missing) scrapes it every second with ``deploy/prometheus/prometheus.yml``'s job,
+(``make test`` installs it when missing) scrapes it every second with ``deploy/prometheus/prometheus.yml``'s job,
 retargeted to 127.0.0.1. After the run, each panel's expression is evaluated over the run's time range through
 Prometheus's HTTP API and must return samples. A panel naming a metric fedhive does not export fails too.
 """
@@ -65,7 +65,7 @@ def prom_query_range(base: str, expr: str, start: float, end: float) -> list:
 
 def test_every_panel_has_data_from_a_real_run(tmp_path):
     prometheus = shutil.which("prometheus")
-    assert prometheus, "Debian's prometheus package is needed (.ci/run installs it: apt-get install prometheus)"
+    assert prometheus, "Debian's prometheus package is needed (make test installs it: apt-get install prometheus)"
     metrics_port, prom_port = free_port(), free_port()
     cfg = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
     cfg["global"]["scrape_interval"] = cfg["global"]["evaluation_interval"] = "1s"
