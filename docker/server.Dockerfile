@@ -22,7 +22,9 @@ WORKDIR /home/fedhive
 VOLUME ["/state"]
 # 8000: the SuperLink's one port (Fleet, control and runtime APIs); 9400: fedhive's metrics (run config).
 EXPOSE 8000 9400
+# /health over TLS when the SuperLink has its certificate mounted (compose's default), else plain HTTP.
 HEALTHCHECK --interval=10s --timeout=3s --retries=6 \
-    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2)"
+    CMD python -c "import os, ssl, urllib.request as u; tls = os.path.exists('/certs/ca.crt'); u.urlopen(('https' if tls else 'http') + '://localhost:8000/health', timeout=2, context=ssl.create_default_context(cafile='/certs/ca.crt') if tls else None)"
 ENTRYPOINT ["flower-superlink"]
+# Compose passes TLS and node authentication; this default (no certificates in the image) is plain text.
 CMD ["--insecure", "--host", "0.0.0.0", "--port", "8000", "--database", "/state/state.db"]

@@ -1,4 +1,4 @@
-"""The ``fedhive`` command: ``fedhive strategies | sim | bench | up | agent``."""
+"""The ``fedhive`` command: ``fedhive strategies | sim | bench | up | submit | register-nodes | agent``."""
 
 from __future__ import annotations
 
@@ -155,6 +155,36 @@ def _submit(args: argparse.Namespace) -> int:
     return 0 if state in ("finished", "stopped") else 1
 
 
+def _register_nodes(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    from fedhive.client.agent import flower_env
+    from fedhive.localcluster import register_node_key
+
+    flwr_home = args.flwr_home or os.environ.get("FLWR_HOME") or str(Path.home() / ".flwr")
+    env = flower_env({"FLWR_HOME": flwr_home})
+    failed = 0
+    for key in args.keys:
+        end = time.monotonic() + args.wait
+        while True:
+            try:
+                outcome = register_node_key(key, args.connection, env, name=Path(key).name.split(".")[0])
+                print(f"{key}: {outcome}")
+                break
+            except FileNotFoundError as exc:
+                print(f"{key}: {exc}")
+                failed += 1
+                break
+            except RuntimeError as exc:
+                if time.monotonic() >= end:
+                    print(f"{key}: {exc}")
+                    failed += 1
+                    break
+                time.sleep(2.0)  # the SuperLink may still be starting
+    return 1 if failed else 0
+
+
 def _agent(args: argparse.Namespace) -> int:
     import logging
 
@@ -272,6 +302,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=0.0, help="give up after this many seconds (default 0: never)")
     s.add_argument("--work-dir", default=".fedhive-submit", help="folder for this command's logs")
     s.set_defaults(func=_submit)
+
+    r = sub.add_parser("register-nodes", help="register SuperNode public keys with a SuperLink (node authentication)",
+                       description="Runs Flower's `flwr supernode register` for each key; a key the SuperLink has "
+                       "already is not an error (a restarted deployment registers again). Exit code 1 if any key "
+                       "could not be registered within --wait seconds.")
+    r.add_argument("keys", nargs="+", help="OpenSSH ECDSA public keys (ssh-keygen -t ecdsa -b 384)")
+    r.add_argument("--connection", required=True, help="a [superlink.NAME] connection in $FLWR_HOME/config.toml")
+    r.add_argument("--flwr-home", default="", help="Flower's config folder (default $FLWR_HOME, else ~/.flwr)")
+    r.add_argument("--wait", type=float, default=60.0, help="seconds to keep retrying an unreachable SuperLink")
+    r.set_defaults(func=_register_nodes)
 
     a = sub.add_parser("agent", help="run on a device: profile it and serve Flower's SuperNode")
     a.add_argument("--superlink", default="127.0.0.1:8000", help="the SuperLink's address HOST:PORT (its one port)")

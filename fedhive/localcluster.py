@@ -290,10 +290,7 @@ class LocalCluster:
         from fedhive.security import make_node_key
 
         private, public = make_node_key(self.run_dir / "certs" / "nodes", name)
-        res = self.flwr("supernode", "register", str(public), self.connection, "--name", name, timeout=60)
-        if res.returncode != 0 or "registered" not in res.stdout:
-            raise RuntimeError(f"flwr supernode register {public} failed (exit {res.returncode}): "
-                               f"{res.stdout.strip()[-400:]} {res.stderr.strip()[-400:]}")
+        register_node_key(public, self.connection, self.env, cwd=self.run_dir, name=name)
         return ["--root-certificates", str(self.tls.ca), "--auth-supernode-private-key", str(private)]
 
     def store_settings(self) -> dict[str, str]:
@@ -585,6 +582,33 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def register_node_key(public_key: str | Path, connection: str, env: Mapping[str, str], *, cwd: str | Path | None = None,
+                      name: str | None = None, timeout: float = 60.0) -> str:
+    """Register a SuperNode's public key with the SuperLink of ``connection`` through Flower's own ``flwr supernode
+    register``. Returns ``"registered"``, or ``"already registered"`` when the SuperLink has the key already (a
+    restarted deployment registers again: that is not an error); raises ``RuntimeError`` with Flower's message on
+    anything else (unreachable SuperLink, a key that is not ECDSA on a NIST curve, ...)."""
+    public_key = Path(public_key)
+    if not public_key.is_file():
+        raise FileNotFoundError(f"public key {public_key} does not exist (make one with ssh-keygen -t ecdsa -b 384 "
+                                f"or deploy/certs/generate.sh)")
+    cmd = [flower_command("flwr"), "supernode", "register", str(public_key), connection, "--format", "json"]
+    if name:
+        cmd += ["--name", name]
+    res = subprocess.run(cmd, env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    text = res.stdout
+    try:
+        payload = json.loads(text[text.index("{"): text.rindex("}") + 1])
+    except ValueError:
+        payload = {}
+    if payload.get("success"):
+        return "registered"
+    message = str(payload.get("error-message") or (text + res.stderr).strip())
+    if "already in use" in message:
+        return "already registered"
+    raise RuntimeError(f"flwr supernode register {public_key} {connection} failed: {message[-600:]}")
 
 
 def resumable(run_dir: str | Path, run_config: Mapping[str, Any]) -> Path | None:

@@ -61,6 +61,15 @@ def entrypoint(service: dict) -> list[str]:
     return json.loads(df["ENTRYPOINT"][-1])
 
 
+def generated_files() -> set[str]:
+    """What deploy/certs/generate.sh writes under deploy/certs/ (read from the script)."""
+    gen = (DEPLOY / "certs" / "generate.sh").read_text()
+    made = set(re.findall(r"-(?:out|keyout) (\S+)", gen))
+    agents = re.search(r'AGENTS="\$\{FEDHIVE_AGENTS:-([^}]*)\}"', gen).group(1).split()
+    assert 'ssh-keygen -q -t ecdsa -b 384 -N "" -C "$a" -f "nodes/$a.key"' in gen
+    return made | {f"nodes/{a}.key" for a in agents} | {f"nodes/{a}.key.pub" for a in agents}
+
+
 def run_config_of(command: list[str]) -> str:
     return command[command.index("--run-config") + 1]
 
@@ -79,7 +88,9 @@ def test_images_are_built_here_or_pinned_and_mounts_exist():
                 f"{name}: image {image} is neither built from docker/ nor pinned to a version"
         for vol in svc.get("volumes", []):
             src = vol.split(":")[0]
-            if src.startswith("."):
+            if src.startswith("./certs/"):  # made by deploy/certs/generate.sh, not in the repository
+                assert src[len("./certs/"):] in generated_files(), f"{name}: {src} is not made by generate.sh"
+            elif src.startswith("."):
                 assert (DEPLOY / src).exists(), f"{name}: mounted path {src} does not exist"
 
 
@@ -132,47 +143,67 @@ def test_ports_and_addresses_agree():
 
 def test_every_agent_command_parses_with_fedhive():
     parser = build_parser()
-    for name, svc in compose()["services"].items():
-        if name.startswith("agent-"):
-            argv = entrypoint(svc) + svc["command"]
-            assert argv[:2] == ["fedhive", "agent"]
-            args = parser.parse_args(argv[1:])
-            assert args.insecure and args.data_dir == "/data"
-    tls = compose("with-tls.yml")["services"]
-    for name, svc in tls.items():
-        if name.startswith("agent-"):
-            args = parser.parse_args(entrypoint(compose()["services"][name])[1:] + svc["command"])
-            assert args.root_certificates == "/certs/ca.crt" and not args.insecure
+    base = compose()["services"]
+    agents = [n for n in base if n.startswith("agent-")]
+    for name in agents:
+        argv = entrypoint(base[name]) + base[name]["command"]
+        assert argv[:2] == ["fedhive", "agent"]
+        args = parser.parse_args(argv[1:])
+        # Secure by default: TLS and this agent's own key.
+        assert not args.insecure and args.root_certificates == "/certs/ca.crt" and args.data_dir == "/data"
+        assert args.auth_supernode_private_key == "/keys/node.key"
+        assert f"./certs/nodes/{name}.key:/keys/node.key:ro" in base[name]["volumes"]
+        assert base[name]["depends_on"]["register"]["condition"] == "service_completed_successfully"
+    plain = compose("insecure-plaintext.yml")["services"]
+    for name in agents:
+        args = parser.parse_args(entrypoint(base[name])[1:] + plain[name]["command"])
+        assert args.insecure and not args.root_certificates
+    assert "--insecure" in plain["superlink"]["command"] and plain["register"]["entrypoint"] == ["true"]
+    assert "insecure = true" in (DEPLOY / "flwr" / "config-plaintext.toml").read_text()
 
 
-def test_tls_overlay_uses_the_generated_files():
-    made = set(re.findall(r"-(?:out|keyout) (\S+)", (DEPLOY / "certs" / "generate.sh").read_text()))
+def test_register_step_registers_every_agent_key():
+    svcs = compose()["services"]
+    reg = svcs["register"]
+    argv = reg["entrypoint"] + reg["command"]
+    args = build_parser().parse_args(argv[1:])
+    agents = [n for n in svcs if n.startswith("agent-")]
+    assert sorted(args.keys) == sorted(f"/keys/{a}.pub" for a in agents) and args.connection == "compose"
+    for a in agents:
+        assert f"./certs/nodes/{a}.key.pub:/keys/{a}.pub:ro" in reg["volumes"]
+    gen = (DEPLOY / "certs" / "generate.sh").read_text()
+    assert set(re.search(r'AGENTS="\$\{FEDHIVE_AGENTS:-([^}]*)\}"', gen).group(1).split()) == set(agents)
+    assert svcs["submit"]["depends_on"]["register"]["condition"] == "service_completed_successfully"
+    assert reg["depends_on"]["superlink"]["condition"] == "service_healthy"
+    assert "--enable-supernode-auth" in svcs["superlink"]["command"]
+
+
+def test_the_default_file_uses_the_generated_files():
+    gen = (DEPLOY / "certs" / "generate.sh").read_text()
+    made = set(re.findall(r"-(?:out|keyout) (\S+)", gen))
     assert {"ca.crt", "server.pem", "server.key"} <= made
-    tls = compose("with-tls.yml")["services"]
+    svcs = compose()["services"]
     used = set()
-    for svc in tls.values():
+    for svc in svcs.values():
         text = " ".join(map(str, svc.get("command", [])))
         used |= set(re.findall(r"/certs/([\w.]+)", text))
-        assert all(v.split(":")[0] in {f"./certs/{f}" for f in made} | {"agent-data", "superlink-state",
-                                                                             "./flwr/config-tls.toml"}
-                   for v in svc.get("volumes", []))
     assert used <= made and {"ca.crt", "server.pem", "server.key"} <= used
-    assert 'root-certificates = "/certs/ca.crt"' in (DEPLOY / "flwr" / "config-tls.toml").read_text()
+    assert 'root-certificates = "/certs/ca.crt"' in (DEPLOY / "flwr" / "config.toml").read_text()
     from flwr.common.config import parse_config_args
 
-    cfg = parse_config_args([run_config_of(tls["submit"]["command"])])
+    cfg = parse_config_args([run_config_of(svcs["submit"]["command"])])
     RunSettings.from_config(cfg)
     assert cfg["tls-certfile"] == "/certs/server.pem" and cfg["store-ca"] == "/certs/ca.crt"
 
 
 def certificate_mounts(path: str) -> dict[str, set[str]]:
-    """Per service of an overlay: the files of deploy/certs/ it mounts (a mount of the whole directory: "*")."""
+    """Per service of a compose file: the files of deploy/certs/ it mounts (the whole directory: "*")."""
     out = {}
     for name, svc in compose(path)["services"].items():
         files = set()
         for v in svc.get("volumes", []):
             src = v.split(":")[0]
-            if src.rstrip("/") == "./certs":
+            if src.rstrip("/") in ("./certs", "./certs/nodes"):
                 files.add("*")
             elif src.startswith("./certs/"):
                 files.add(src[len("./certs/"):])
@@ -180,15 +211,17 @@ def certificate_mounts(path: str) -> dict[str, set[str]]:
     return out
 
 
-@pytest.mark.parametrize("overlay", ["with-tls.yml", "with-fleet-gateway.yml"])
-def test_containers_mount_only_the_certificate_files_they_need(overlay):
-    for name, files in certificate_mounts(overlay).items():
-        assert "*" not in files and "ca.key" not in files, f"{overlay} {name}: mounts {files}"
+@pytest.mark.parametrize("path", ["compose.yml", "with-fleet-gateway.yml", "insecure-plaintext.yml"])
+def test_containers_mount_only_the_certificate_files_they_need(path):
+    for name, files in certificate_mounts(path).items():
+        assert "*" not in files and "ca.key" not in files, f"{path} {name}: mounts {files}"
         if name.startswith("agent-"):
-            assert files <= {"ca.crt"}, f"{overlay} {name}: an agent mounts {files}"
-    tls = certificate_mounts("with-tls.yml")
-    assert all(tls[a] == {"ca.crt"} for a in tls if a.startswith("agent-"))
-    assert tls["superlink"] == {"ca.crt", "server.pem", "server.key"}
+            assert files <= {"ca.crt", f"nodes/{name}.key"}, f"{path} {name}: an agent mounts {files}"
+    base = certificate_mounts("compose.yml")
+    for a in (n for n in base if n.startswith("agent-")):
+        assert base[a] == {"ca.crt", f"nodes/{a}.key"}
+    assert base["superlink"] == base["submit"] == {"ca.crt", "server.pem", "server.key"}
+    assert base["register"] - {"ca.crt"} == {f"nodes/{a}.key.pub" for a in base if a.startswith("agent-")}
 
 
 def test_fleet_gateway_overlay_fronts_every_agent():
@@ -206,6 +239,7 @@ def test_fleet_gateway_overlay_fronts_every_agent():
     for name in agents:
         args = parser.parse_args(entrypoint(compose()["services"][name])[1:] + gw[name]["command"])
         assert args.superlink == "gateway:8443" and args.root_certificates == "/certs/ca.crt" and not args.insecure
+        assert args.auth_supernode_private_key == "/keys/node.key"
     # The gateway's certificate (the SuperLink's) is valid for the name the agents use.
     assert "DNS:gateway" in (DEPLOY / "certs" / "generate.sh").read_text()
     assert "location /v1/fleet/" in template and re.search(r"location / \{\s*return 403;", template)
@@ -219,12 +253,22 @@ def test_generate_sh_makes_readable_keys_and_a_grafana_password(tmp_path):
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     certs = tmp_path / "certs"
-    for f in ("ca.key", "server.key"):
+    agents = [n for n in compose()["services"] if n.startswith("agent-")]
+    for f in ("ca.key", "server.key", *(f"nodes/{a}.key" for a in agents)):
         assert stat.S_IMODE((certs / f).stat().st_mode) == 0o600, f
-    if os.getuid() == 0:
-        assert (certs / "server.key").stat().st_uid == 10001  # the containers' user can read it
+    if os.getuid() == 0:  # the containers' user can read what it mounts
+        assert all((certs / f).stat().st_uid == 10001 for f in ("server.key", *(f"nodes/{a}.key" for a in agents)))
     else:
         assert "sudo chown 10001" in res.stdout
+    # Node keys are what Flower's node authentication accepts: ECDSA on a NIST curve, OpenSSH form.
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
+    for a in agents:
+        key = load_ssh_private_key((certs / "nodes" / f"{a}.key").read_bytes(), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
+        assert load_ssh_public_key((certs / "nodes" / f"{a}.key.pub").read_bytes()) == key.public_key()
+    before = {a: (certs / "nodes" / f"{a}.key").read_bytes() for a in agents}
     text = subprocess.run(["openssl", "x509", "-in", str(certs / "server.pem"), "-noout", "-ext", "subjectAltName"],
                           capture_output=True, text=True).stdout
     for name in ("DNS:superlink", "DNS:gateway", "IP Address:127.0.0.1", "IP Address:10.0.0.5"):
@@ -236,6 +280,7 @@ def test_generate_sh_makes_readable_keys_and_a_grafana_password(tmp_path):
     # Kept when it exists: a second run does not change the password Grafana already stored.
     subprocess.run(["bash", str(tmp_path / "certs" / "generate.sh")], capture_output=True, check=True, timeout=120)
     assert (tmp_path / "grafana" / "admin.env").read_text() == env
+    assert all((certs / "nodes" / f"{a}.key").read_bytes() == before[a] for a in agents)  # registered keys kept
     graf = compose()["services"]["grafana"]
     assert graf["env_file"] == ["./grafana/admin.env"]
     assert not any("PASSWORD" in k for k in graf.get("environment", {}))
@@ -262,10 +307,19 @@ def test_compose_services_run_as_local_processes(tmp_path):
     port, metrics = free_port(), free_port()
     state, data = tmp_path / "state", tmp_path / "data"
     state.mkdir()
+    # The secrets, as a user makes them: generate.sh (a copy, so the repository's deploy/certs/ stays empty).
+    certs = tmp_path / "deploy" / "certs"
+    certs.mkdir(parents=True)
+    (tmp_path / "deploy" / "grafana").mkdir()
+    shutil.copy(DEPLOY / "certs" / "generate.sh", certs / "generate.sh")
+    subprocess.run(["bash", str(certs / "generate.sh")], check=True, capture_output=True, timeout=120)
 
-    def local(argv: list[str]) -> list[str]:
+    def local(argv: list[str], agent: str = "") -> list[str]:
         out = []
         for a in argv:
+            a = re.sub(r"^/certs/", f"{certs}/", a).replace("='/certs/", f"='{certs}/")
+            a = a.replace("/keys/node.key", str(certs / "nodes" / f"{agent}.key"))
+            a = re.sub(r"^/keys/([\w-]+)\.pub$", lambda m: str(certs / "nodes" / f"{m.group(1)}.key.pub"), a)
             a = a.replace("superlink:8000", f"127.0.0.1:{port}").replace("'/state/", f"'{state}/")
             a = re.sub(r"^/state(?=/|$)", str(state), a)
             a = re.sub(r"^/data$", str(data), a).replace("0.0.0.0:9400", f"127.0.0.1:{metrics}")
@@ -278,8 +332,26 @@ def test_compose_services_run_as_local_processes(tmp_path):
         link = [flower_command(link[0])] + link[1:]
         link[link.index("--host") + 1] = "127.0.0.1"
         link[link.index("--port") + 1] = str(port)
+        assert "--enable-supernode-auth" in link and "--insecure" not in link
         proc = cluster._spawn("superlink", link)
-        cluster.wait_http(f"http://127.0.0.1:{port}/health", 60, proc)
+        import ssl
+
+        cluster.wait_http(f"https://127.0.0.1:{port}/health", 60, proc,
+                          context=ssl.create_default_context(cafile=str(certs / "ca.crt")))
+        flwr_home = tmp_path / "flwr"
+        flwr_home.mkdir()
+        (flwr_home / "config.toml").write_text(
+            (DEPLOY / "flwr" / "config.toml").read_text().replace("superlink:8000", f"127.0.0.1:{port}")
+            .replace("/certs/", f"{certs}/"))
+        env = {**cluster.env, "FLWR_HOME": str(flwr_home), "FEDHIVE_CACHE": str(data)}
+        # The register service: every agent's key, with Flower's own flwr supernode register.
+        reg = local(svcs["register"]["entrypoint"] + svcs["register"]["command"])
+        res = subprocess.run([sys.executable, "-m", "fedhive.cli"] + reg[1:], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode == 0 and res.stdout.count(": registered") == 6, res.stdout + res.stderr
+        again = subprocess.run([sys.executable, "-m", "fedhive.cli"] + reg[1:], env=env, capture_output=True,
+                               text=True, timeout=300)  # a restarted stack registers again: not an error
+        assert again.returncode == 0 and again.stdout.count(": already registered") == 6, again.stdout
         agents = [n for n in svcs if n.startswith("agent-")]
         import os
 
@@ -290,23 +362,18 @@ def test_compose_services_run_as_local_processes(tmp_path):
             del os.environ["FEDHIVE_CACHE"]
         for n in agents:
             argv = [a.replace("/home/fedhive/state", str(tmp_path / n)) for a in entrypoint(svcs[n]) + svcs[n]["command"]]
-            argv = local(argv)
+            argv = local(argv, agent=n)
             argv = [sys.executable, "-m", "fedhive.cli"] + argv[1:]
             argv += ["--port", str(free_port())]  # one host for all: distinct SuperNode ports
             cpus = svcs[n].get("cpus")
             cgroup = cluster.cgroups.create(n, float(cpus) if cpus else None) if cluster.cgroups else None
             cluster._spawn(n, argv, cgroup=cgroup)
-        flwr_home = tmp_path / "flwr"
-        flwr_home.mkdir()
-        (flwr_home / "config.toml").write_text(
-            (DEPLOY / "flwr" / "config.toml").read_text().replace("superlink:8000", f"127.0.0.1:{port}"))
         # The submit service: `fedhive submit` ("submit or resume"), which follows the run to its end.
         submit = local(svcs["submit"]["entrypoint"] + svcs["submit"]["command"])
         assert submit[:2] == ["fedhive", "submit"]
         submit = [sys.executable, "-m", "fedhive.cli"] + [str(APP_DIR) if a == "/app/flower_app" else a
                                                           for a in submit[1:]]
         submit[submit.index("--work-dir") + 1] = str(tmp_path / "submit")
-        env = {**cluster.env, "FLWR_HOME": str(flwr_home), "FEDHIVE_CACHE": str(data)}
         res = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stdout + res.stderr + dump_logs(cluster)
         out = json.loads(res.stdout.strip().splitlines()[-1])
