@@ -31,7 +31,7 @@ if [ "$(id -u)" = 0 ]; then
 else
   echo "note: the containers (uid $CONTAINER_UID) must read the private keys: sudo chown $CONTAINER_UID $(pwd)/server.key $(pwd)/nodes/*.key"
 fi
-if [ ! -s ../grafana/admin.env ]; then
+if [ -d ../grafana ] && [ ! -s ../grafana/admin.env ]; then  # ../grafana: run from deploy/certs (a copy elsewhere skips it)
   (umask 077 && printf "GF_SECURITY_ADMIN_PASSWORD=%s\n" "$(openssl rand -hex 24)" > ../grafana/admin.env)
   echo "wrote $(cd ../grafana && pwd)/admin.env (Grafana's admin password)"
 fi
