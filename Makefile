@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean system-packages
+.PHONY: venv demo test bench clean system-packages images
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/fedhive up
 
-# System packages the tests run for real: Debian's prometheus (the dashboard test scrapes it) and nginx (the fleet
-# gateway test). Installed here when missing (as root, with apt); otherwise one line says what to run.
-SYSTEM_PACKAGES := prometheus:prometheus nginx:nginx-light
+# System packages the tests run for real: Debian's prometheus (the dashboard test scrapes it), nginx (the fleet
+# gateway test), and podman with its parts and debootstrap (tests/containers/ builds the images and brings the compose
+# cluster up). Installed here when missing (as root, with apt); otherwise one line says what to run.
+SYSTEM_PACKAGES := prometheus:prometheus nginx:nginx-light podman:podman buildah:buildah runc:runc \
+	podman-compose:podman-compose debootstrap:debootstrap ssh-keygen:openssh-client
 
 system-packages:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $${p%%:*} >/dev/null 2>&1 || missing="$$missing $${p#*:}"; done; \
@@ -36,6 +38,11 @@ system-packages:
 			|| { echo "make test: apt-get could not install$$missing; run: apt-get update && apt-get install$$missing"; exit 1; }; \
 		else echo "make test: the tests need$$missing; run: sudo apt-get install$$missing (then make test again)"; exit 1; fi; \
 	fi
+
+# The images (fedhive/server, fedhive/agent), offline-capable: a Debian base built here with debootstrap, then podman
+# (or docker) builds; see docker/build-images.sh for --base official and --arch arm64.
+images:
+	bash docker/build-images.sh
 
 test: $(STAMP) system-packages
 	$(PY) -m pytest -q
