@@ -65,7 +65,7 @@ else
       bookworm "$tree" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >"$tree.log" 2>&1 \
       || { tail -20 "$tree.log" >&2; echo "build-images.sh: debootstrap failed (log above)" >&2; exit 1; }
     rm -f "$tree.log"; rm -rf "$tree"/var/cache/apt/archives/*.deb "$tree"/var/lib/apt/lists/*
-    tar -C "$tree" -c . | $ENGINE import --change 'CMD ["/bin/bash"]' - "$BASE" >/dev/null
+    tar -C "$tree" -c . | $ENGINE import --arch "$ARCH" --change 'CMD ["/bin/bash"]' - "$BASE" >/dev/null
     rm -rf "$tree"; trap - EXIT
     echo "base: $BASE imported ($(( $(date +%s) - t0 )) s)"
   fi

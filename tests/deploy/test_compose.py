@@ -1,10 +1,8 @@
 """The compose cluster, the images and the systemd unit cannot drift from what works.
 
-There is no Docker engine here, so: the files are parsed and cross-checked (images built from ``docker/`` or pinned,
-mounted paths exist, ports agree, TLS files are the ones the generator makes, every command line parses with the
-program it runs), and every service of ``deploy/compose.yml`` that runs fedhive or Flower is started as a local
-process with its own command line (host names and ports mapped to 127.0.0.1, volumes to folders, ``cpus`` limits to
-cgroup CPU quotas) until the submitted run finishes.
+The files are parsed and cross-checked here (images built from ``docker/`` or pinned, mounted paths exist, ports
+agree, TLS files are the ones the generator makes, every command line parses with the program it runs);
+``tests/containers/`` builds the images and brings the compose file up for real with podman-compose.
 """
 
 from __future__ import annotations
@@ -16,18 +14,13 @@ import shlex
 import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import dump_logs
 
 from fedhive.cli import build_parser
-from fedhive.client.agent import flower_command
-from fedhive.localcluster import APP_DIR, LocalCluster, free_port
 from fedhive.server.settings import RunSettings
-from fedhive.tasks import load_task
 
 pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parents[2]
@@ -308,88 +301,3 @@ def test_systemd_unit_runs_a_valid_agent_command():
     assert args.root_certificates and args.auth_supernode_private_key and not args.insecure
     assert "Restart=always" in unit and re.search(r"^User=fedhive$", unit, re.M)
     assert "install -m 0644 \"$HERE/systemd/fedhive-agent.service\"" in (DEPLOY / "install-agent.sh").read_text()
-
-
-# --------------------------------------------------------------------------- the services as local processes
-def test_compose_services_run_as_local_processes(tmp_path):
-    svcs = compose()["services"]
-    cluster = LocalCluster(tmp_path / "c", emulate="auto")
-    port, metrics = free_port(), free_port()
-    state, data = tmp_path / "state", tmp_path / "data"
-    state.mkdir()
-    # The secrets, as a user makes them: generate.sh (a copy, so the repository's deploy/certs/ stays empty).
-    certs = tmp_path / "deploy" / "certs"
-    certs.mkdir(parents=True)
-    (tmp_path / "deploy" / "grafana").mkdir()
-    shutil.copy(DEPLOY / "certs" / "generate.sh", certs / "generate.sh")
-    subprocess.run(["bash", str(certs / "generate.sh")], check=True, capture_output=True, timeout=120)
-
-    def local(argv: list[str], agent: str = "") -> list[str]:
-        out = []
-        for a in argv:
-            a = re.sub(r"^/certs/", f"{certs}/", a).replace("='/certs/", f"='{certs}/")
-            a = a.replace("/keys/node.key", str(certs / "nodes" / f"{agent}.key"))
-            a = re.sub(r"^/keys/([\w-]+)\.pub$", lambda m: str(certs / "nodes" / f"{m.group(1)}.key.pub"), a)
-            a = a.replace("superlink:8000", f"127.0.0.1:{port}").replace("'/state/", f"'{state}/")
-            a = re.sub(r"^/state(?=/|$)", str(state), a)
-            a = re.sub(r"^/data$", str(data), a).replace("0.0.0.0:9400", f"127.0.0.1:{metrics}")
-            a = a.replace("max-time=600.0", "max-time=40.0")
-            out.append(a)
-        return out
-
-    try:
-        link = local(entrypoint(svcs["superlink"]) + svcs["superlink"]["command"])
-        link = [flower_command(link[0])] + link[1:]
-        link[link.index("--host") + 1] = "127.0.0.1"
-        link[link.index("--port") + 1] = str(port)
-        assert "--enable-supernode-auth" in link and "--insecure" not in link
-        proc = cluster._spawn("superlink", link)
-        import ssl
-
-        cluster.wait_http(f"https://127.0.0.1:{port}/health", 60, proc,
-                          context=ssl.create_default_context(cafile=str(certs / "ca.crt")))
-        flwr_home = tmp_path / "flwr"
-        flwr_home.mkdir()
-        (flwr_home / "config.toml").write_text(
-            (DEPLOY / "flwr" / "config.toml").read_text().replace("superlink:8000", f"127.0.0.1:{port}")
-            .replace("/certs/", f"{certs}/"))
-        env = {**cluster.env, "FLWR_HOME": str(flwr_home), "FEDHIVE_CACHE": str(data)}
-        # The register service: every agent's key, with Flower's own flwr supernode register.
-        reg = local(svcs["register"]["entrypoint"] + svcs["register"]["command"])
-        res = subprocess.run([sys.executable, "-m", "fedhive.cli"] + reg[1:], env=env, capture_output=True, text=True,
-                             timeout=300)
-        assert res.returncode == 0 and res.stdout.count(": registered") == 6, res.stdout + res.stderr
-        again = subprocess.run([sys.executable, "-m", "fedhive.cli"] + reg[1:], env=env, capture_output=True,
-                               text=True, timeout=300)  # a restarted stack registers again: not an error
-        assert again.returncode == 0 and again.stdout.count(": already registered") == 6, again.stdout
-        agents = [n for n in svcs if n.startswith("agent-")]
-        import os
-
-        os.environ["FEDHIVE_CACHE"] = str(data)  # fill the agents' data cache once, before they start
-        try:
-            load_task("mnist1d", num_clients=len(agents)).num_examples(0)
-        finally:
-            del os.environ["FEDHIVE_CACHE"]
-        for n in agents:
-            argv = [a.replace("/home/fedhive/state", str(tmp_path / n)) for a in entrypoint(svcs[n]) + svcs[n]["command"]]
-            argv = local(argv, agent=n)
-            argv = [sys.executable, "-m", "fedhive.cli"] + argv[1:]
-            argv += ["--port", str(free_port())]  # one host for all: distinct SuperNode ports
-            cpus = svcs[n].get("cpus")
-            cgroup = cluster.cgroups.create(n, float(cpus) if cpus else None) if cluster.cgroups else None
-            cluster._spawn(n, argv, cgroup=cgroup)
-        # The submit service: `fedhive submit` ("submit or resume"), which follows the run to its end.
-        submit = local(svcs["submit"]["entrypoint"] + svcs["submit"]["command"])
-        assert submit[:2] == ["fedhive", "submit"]
-        submit = [sys.executable, "-m", "fedhive.cli"] + [str(APP_DIR) if a == "/app/flower_app" else a
-                                                          for a in submit[1:]]
-        submit[submit.index("--work-dir") + 1] = str(tmp_path / "submit")
-        res = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
-        assert res.returncode == 0, res.stdout + res.stderr + dump_logs(cluster)
-        out = json.loads(res.stdout.strip().splitlines()[-1])
-        run_dir = state / "runs" / "compose"
-        assert out["state"] == "finished" and out["restarts"] == 0, out
-        h = json.loads((run_dir / "history.json").read_text())
-        assert h["final"]["client_updates"] > 0 and set(h["updates_by_class"]) <= {"gpu", "cpu", "rpi4"}
-    finally:
-        cluster.close()

@@ -84,7 +84,7 @@ def test_every_panel_has_data_from_a_real_run(tmp_path):
         run_dir = tmp_path / "run"
         start = time.time()
         run_id = cluster.submit({"strategy": "fedbuff", "strategy-params": "buffer_size=2", "task": "synthetic",
-                                 "local-steps": 5, "min-clients": 3, "max-time": 60.0, "eval-interval": 2.0,
+                                 "local-steps": 5, "min-clients": 3, "max-time": 40.0, "eval-interval": 2.0,
                                  "metrics-address": f"127.0.0.1:{metrics_port}", "run-dir": str(run_dir)})
         st = cluster.wait_status(run_dir, run_id=run_id, timeout=300)
         assert st["state"] == "finished", dump_logs(cluster)
