@@ -5,8 +5,8 @@ is a local process (``--agent local``, this machine's architecture) or the arm64
 qemu-user-static with podman (``--agent arm64``, from ``benchmarks/arm64_image.sh --keep``; emulated, so CPU figures
 are qemu's and far above a real board's, and memory includes qemu's translation cache: an upper bound). Every second
 it sums, over the agent's process tree read from /proc, the resident set (VmRSS) and the CPU time, by part: the agent
-(its Python process with the warm worker), Flower's SuperNode, and the ``flwr-clientapp`` processes the SuperNode
-starts per task. First ``--idle`` seconds connected with no run, then a FedAsync run of ``--train`` seconds on
+(its Python process with the warm worker), Flower's SuperNode, its SuperExec (``flower-superexec``, which starts
+the ClientApps), and the ``flwr-clientapp`` processes started per task. First ``--idle`` seconds connected with no run, then a FedAsync run of ``--train`` seconds on
 mnist1d (20 local steps of batch 32 per task, the agent the only client).
 
     .venv/bin/python benchmarks/footprint.py                     # local agent, ~2 minutes
@@ -37,7 +37,7 @@ from fedhive.localcluster import LocalCluster, exit_on_sigterm, free_port  # noq
 ROOT = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-PARTS = ("agent", "supernode", "clientapp", "other")
+PARTS = ("agent", "supernode", "superexec", "clientapp", "other")
 
 
 def part_of(cmdline: str) -> str:
@@ -45,6 +45,8 @@ def part_of(cmdline: str) -> str:
         return "clientapp"
     if "flower-supernode" in cmdline:
         return "supernode"
+    if "flower-superexec" in cmdline:
+        return "superexec"
     if "fedhive" in cmdline and "agent" in cmdline:
         return "agent"
     return "other"
@@ -72,6 +74,7 @@ def tree(root: int) -> list[int]:
 def sample(root: int) -> dict[str, dict[str, float]]:
     """RSS (bytes) and CPU seconds by part, summed over ``root``'s process tree now."""
     out = {p: {"rss": 0.0, "cpu": 0.0, "procs": 0} for p in PARTS}
+    out["other"]["names"] = []
     for pid in tree(root):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -83,7 +86,9 @@ def sample(root: int) -> dict[str, dict[str, float]]:
         out[part]["rss"] += rss
         out[part]["cpu"] += (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
         out[part]["procs"] += 1
-        if part == "supernode":  # the flwr-clientapp processes it started and reaped: cutime + cstime
+        if part == "other":
+            out["other"]["names"].append(cmd[:120])
+        if part in ("supernode", "superexec"):  # the flwr-clientapp processes they started and reaped
             out["clientapp"]["cpu"] += (int(fields[13]) + int(fields[14])) / TICK
     return out
 
@@ -201,6 +206,7 @@ def main() -> None:
             podman_proc.wait(timeout=60)
         shutil.rmtree(root, ignore_errors=True)
     rows = []
+    others = sorted({n for r in sampler.rows for n in r["parts"]["other"]["names"]})
     table = Table(title=f"fedhive agent footprint ({args.agent}), {updates} updates in the training phase")
     for col in ("phase", "part", "RSS mean MiB", "RSS peak MiB", "CPU % of one core"):
         table.add_column(col)
@@ -209,7 +215,9 @@ def main() -> None:
         for part, v in s.items():
             rows.append({"agent": args.agent, "phase": phase, "part": part, **{k: round(x, 1) for k, x in v.items()}})
             table.add_row(phase, part, f"{v['rss_mean_mib']:.0f}", f"{v['rss_peak_mib']:.0f}", f"{v['cpu_percent']:.1f}")
+    rows.append({"agent": args.agent, "other_processes": others, "updates": updates})
     console.print(table)
+    console.print(f"other processes in the agent's tree: {others}")
     save(console, out, rows)
     console.print("clientapp: the per-task flwr-clientapp processes (live ones, plus those the SuperNode reaped); "
                   "the agent's CPU includes training (its warm worker).")
