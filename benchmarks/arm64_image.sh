@@ -2,8 +2,9 @@
 # The arm64 agent image, built once through qemu (issue 18; BENCHMARK.md §5). Not run in CI: it takes minutes.
 #
 # Sets up qemu-user-static for aarch64 (binfmt_misc), then `docker/build-images.sh --arch arm64 --agent-only`: an arm64
-# Debian base built here with debootstrap, and docker/agent.Dockerfile built for linux/arm64 (torch from PyPI, whose
-# aarch64 build is the CPU one). Prints the build time, the image size, and what the image reports when run
+# Debian base built here with debootstrap, and docker/agent.Dockerfile built for linux/arm64 (torch from PyTorch's
+# CPU index by default; where that is unreachable, FEDHIVE_TORCH=torch==2.9.1 FEDHIVE_TORCH_PIP= takes PyPI's 2.9.1,
+# a CPU build on aarch64; PyPI's 2.13.0 for aarch64 is a CUDA build of 5.5 GB that crashed on import under qemu). Prints the build time, the image size, and what the image reports when run
 # (emulated): its machine, torch's version, and `fedhive agent --print-profile`.
 #   sudo benchmarks/arm64_image.sh [--keep]     (--keep: leave the images; default removes what it built)
 set -euo pipefail

@@ -2,7 +2,7 @@
 #   docker buildx build --platform linux/amd64,linux/arm64 -f docker/agent.Dockerfile -t fedhive/agent:0.1.0 .
 #   docker/build-images.sh     # with podman or docker, offline-capable (make images)
 # The agent runs Flower's SuperNode and keeps the warm training worker; devices never need Ray. PyTorch's CPU index
-# has both x86_64 and aarch64 wheels (PyPI's aarch64 torch is a CPU build too).
+# has both x86_64 and aarch64 wheels (PyPI's aarch64 torch 2.13.0 is a CUDA build: keep the CPU index on arm64).
 ARG BASE=python:3.11.11-slim-bookworm
 FROM ${BASE}
 

@@ -15,7 +15,8 @@
 #   qemu-user-static + binfmt-support installed); tags fedhive/agent:TAG-arm64.
 # torch: a local CPU wheel of torch==2.13.0 for the target (found by `pip download`, e.g. from a pip find-links
 #   folder) is put in docker/wheels/ and installed from there; otherwise the Dockerfiles take it from PyTorch's CPU
-#   index (x86_64) or PyPI (aarch64, where PyPI's build is the CPU one).
+#   index (x86_64 and aarch64). Not from PyPI on aarch64: PyPI's aarch64 torch 2.13.0 is a CUDA build (measured: 2.9
+#   GB of nvidia-* wheels, a 5.5 GB image). FEDHIVE_TORCH / FEDHIVE_TORCH_PIP choose another torch and index.
 # A CA bundle in PIP_CERT or SSL_CERT_FILE (a TLS-intercepting proxy) is mounted into the build steps (podman).
 # Engine: podman when installed (with docker/podman/*.conf unless CONTAINERS_CONF / CONTAINERS_STORAGE_CONF are
 #   set: runc, cgroupfs, overlay storage in /var/lib/fedhive-containers), else docker.
@@ -79,9 +80,9 @@ if python3 -m pip download --quiet --no-deps --only-binary=:all: --python-versio
      --dest docker/wheels "torch==2.13.0+cpu" >/dev/null 2>&1; then
   TORCH_ARGS=(--build-arg "TORCH=torch==2.13.0+cpu" --build-arg "TORCH_PIP=")
   echo "torch: local wheel $(ls docker/wheels/torch-*.whl | xargs -n1 basename)"
-elif [ "$ARCH" = arm64 ]; then
-  TORCH_ARGS=(--build-arg "TORCH_PIP=")
-  echo "torch: from PyPI (aarch64 CPU build)"
+elif [ -n "${FEDHIVE_TORCH:-}" ]; then  # e.g. FEDHIVE_TORCH=torch==2.9.1 FEDHIVE_TORCH_PIP= (PyPI's aarch64 2.9.1 is a CPU build)
+  TORCH_ARGS=(--build-arg "TORCH=$FEDHIVE_TORCH" --build-arg "TORCH_PIP=${FEDHIVE_TORCH_PIP-}")
+  echo "torch: $FEDHIVE_TORCH ${FEDHIVE_TORCH_PIP:-from PyPI}"
 else
   echo "torch: from https://download.pytorch.org/whl/cpu"
 fi
