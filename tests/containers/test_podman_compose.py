@@ -33,7 +33,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 PROJECT = "fedhive-ctest"
-IMAGES = ["fedhive/agent:0.1.0", "fedhive/server:0.1.0", "fedhive-standin/prometheus:debian"]
+ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+# The stand-in base last: the images built on it go first.
+IMAGES = ["fedhive/agent:0.1.0", "fedhive/server:0.1.0", "fedhive-standin/prometheus:debian",
+          f"localhost/fedhive-base:bookworm-{ARCH}"]
 RUN_SECONDS = 45.0
 pytestmark = pytest.mark.timeout(1800)
 
