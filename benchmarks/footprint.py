@@ -120,6 +120,14 @@ def summarize(rows: list[dict], phase: str) -> dict[str, dict[str, float]]:
     return out
 
 
+def podman_env() -> dict[str, str]:
+    """podman with the repository's settings (docker/podman/*.conf) unless the caller set its own."""
+    return {**os.environ,
+            "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(ROOT / "docker/podman/containers.conf")),
+            "CONTAINERS_STORAGE_CONF": os.environ.get("CONTAINERS_STORAGE_CONF",
+                                                      str(ROOT / "docker/podman/storage.conf"))}
+
+
 def start_arm64_agent(cluster: LocalCluster, image: str, name: str) -> subprocess.Popen:
     args = cluster.node_security(name)
     key = Path(args[args.index("--auth-supernode-private-key") + 1])
@@ -129,20 +137,14 @@ def start_arm64_agent(cluster: LocalCluster, image: str, name: str) -> subproces
            image, "--superlink", cluster.address, "--root-certificates", "/certs/ca.crt",
            "--auth-supernode-private-key", "/keys/node.key", "--partition-id", "0", "--num-partitions", "1",
            "--device-class", "rpi4", "--port", str(free_port())]
-    env = {**os.environ,
-           "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(ROOT / "docker/podman/containers.conf")),
-           "CONTAINERS_STORAGE_CONF": os.environ.get("CONTAINERS_STORAGE_CONF",
-                                                     str(ROOT / "docker/podman/storage.conf"))}
     log = open(cluster.run_dir / "logs" / "arm64-agent.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    cluster._footprint_env = env  # type: ignore[attr-defined]
-    return proc
+    return subprocess.Popen(cmd, env=podman_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def container_pid(name: str, env: dict, timeout: float = 120) -> int:
+def container_pid(name: str, timeout: float = 120) -> int:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        res = subprocess.run(["podman", "inspect", "--format", "{{.State.Pid}}", name], env=env, capture_output=True,
+        res = subprocess.run(["podman", "inspect", "--format", "{{.State.Pid}}", name], env=podman_env(), capture_output=True,
                              text=True)
         if res.returncode == 0 and res.stdout.strip() not in ("", "0"):
             return int(res.stdout.strip())
@@ -173,7 +175,7 @@ def main() -> None:
                 if shutil.which("podman") is None:
                     raise SystemExit("--agent arm64 needs podman and the image: sudo benchmarks/arm64_image.sh --keep")
                 podman_proc = start_arm64_agent(cluster, args.image, "arm64")
-                pid = container_pid(f"fedhive-footprint-{os.getpid()}", cluster._footprint_env)  # type: ignore
+                pid = container_pid(f"fedhive-footprint-{os.getpid()}")
             sampler = Sampler(pid)
             sampler.start()
             end = time.monotonic() + 600
@@ -201,8 +203,7 @@ def main() -> None:
     finally:
         if podman_proc is not None:
             subprocess.run(["podman", "rm", "-f", f"fedhive-footprint-{os.getpid()}"], capture_output=True,
-                           env={**os.environ, "CONTAINERS_CONF": str(ROOT / "docker/podman/containers.conf"),
-                                "CONTAINERS_STORAGE_CONF": str(ROOT / "docker/podman/storage.conf")})
+                           env=podman_env())
             podman_proc.wait(timeout=60)
         shutil.rmtree(root, ignore_errors=True)
     rows = []

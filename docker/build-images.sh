@@ -75,6 +75,7 @@ fi
 # torch: a local CPU wheel when pip can find one for the target, else the Dockerfiles' index.
 TORCH_ARGS=()
 rm -f docker/wheels/torch-*.whl
+trap 'rm -f docker/wheels/torch-*.whl' EXIT  # also when a build fails
 py_platform=manylinux_2_28_x86_64; [ "$ARCH" = arm64 ] && py_platform=manylinux_2_28_aarch64
 if python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 --platform "$py_platform" \
      --dest docker/wheels "torch==2.13.0+cpu" >/dev/null 2>&1; then

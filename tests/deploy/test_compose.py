@@ -301,3 +301,13 @@ def test_systemd_unit_runs_a_valid_agent_command():
     assert args.root_certificates and args.auth_supernode_private_key and not args.insecure
     assert "Restart=always" in unit and re.search(r"^User=fedhive$", unit, re.M)
     assert "install -m 0644 \"$HERE/systemd/fedhive-agent.service\"" in (DEPLOY / "install-agent.sh").read_text()
+
+
+def test_build_images_refuses_bad_options_naming_what_is_accepted():
+    script = ROOT / "docker" / "build-images.sh"
+    for argv, word in ((["--arch", "sparc"], "amd64 or arm64"), (["--base", "alpine"], "debian or official"),
+                       (["--frobnicate"], "accepted:")):
+        res = subprocess.run(["bash", str(script), *argv], capture_output=True, text=True, timeout=30)
+        assert res.returncode == 2 and word in res.stderr, (argv, res.stderr)
+    assert "--prometheus" in subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True,
+                                            timeout=30).stdout
