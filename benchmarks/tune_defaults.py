@@ -8,6 +8,10 @@ its speed-up against FedAvg on each scenario (a candidate that does not reach th
 = 0.5 there), summarised by the geometric mean over the scenarios; the best geometric mean becomes the default.
 
     .venv/bin/python benchmarks/tune_defaults.py [--workers 2] [--out benchmarks/results/tune_defaults.json]
+    .venv/bin/python benchmarks/tune_defaults.py --merge      # only the candidates --out has no runs of yet
+
+With ``--merge`` the FedAvg times and every run already in ``--out`` are kept (virtual time is deterministic, so
+running them again would give the same numbers) and only new candidates run; the summary covers all of them.
 
 Virtual-time results are deterministic (the same on any machine with the same torch); wall seconds are this machine's.
 """
@@ -42,6 +46,9 @@ CANDIDATES = [
     ("fedasync", "paper: alpha=0.6, polynomial a=0.5", {"preset": "paper"}),
     ("fedasync", "alpha=0.9", {"preset": "paper", "alpha": 0.9}),
     ("fedasync", "alpha=0.9, staleness_a=0.3", {"preset": "paper", "alpha": 0.9, "staleness_a": 0.3}),
+    # second round (2026-12-03, with --merge): smaller mixing weights
+    ("fedasync", "alpha=0.4", {"preset": "paper", "alpha": 0.4}),
+    ("fedasync", "alpha=0.3", {"preset": "paper", "alpha": 0.3}),
     ("fedcompass", "paper: q 20..100, samples, per_step", {"preset": "paper"}),
     ("fedcompass", "q 5..20, group", {"preset": "paper", "q_min": 5, "q_max": 20, "client_weights": "group",
                                       "speed_model": "affine"}),
@@ -104,6 +111,8 @@ def main() -> None:
     ap.add_argument("--references", action="store_true",
                     help="run FedBuff and FedFix (defaults) on the tuning fleets against --out's FedAvg times")
     ap.add_argument("--references-out", default="benchmarks/results/tune_defaults_references.json")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep --out's FedAvg times and runs; run only the candidates it has no runs of")
     args = ap.parse_args()
     if args.references:
         references(args.workers, args.out, args.references_out)
@@ -111,18 +120,27 @@ def main() -> None:
     console = Console()
     t0 = time.perf_counter()
     rows: list[dict] = []
+    done: set[tuple[str, str, str]] = set()
+    earlier_wall = 0.0
+    if args.merge:
+        old = json.loads(Path(args.out).read_text())
+        rows = [r for r in old["runs"] if r["scenario"] in SCENARIOS]
+        done = {(r["scenario"], r["strategy"], r["label"]) for r in rows}
+        earlier_wall = float(old.get("wall_seconds", 0.0))
     with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool, Progress() as bar:
-        first = bar.add_task("FedAvg per scenario", total=len(SCENARIOS))
-        futures = {pool.submit(_run, (name, "fedavg", "fedavg", {}, sc, FEDAVG_CAP)): name
-                   for name, sc in SCENARIOS.items()}
-        budgets: dict[str, float] = {}
+        budgets: dict[str, float] = {r["scenario"]: r["time_to_target"] or FEDAVG_CAP for r in rows
+                                     if r["strategy"] == "fedavg"}
+        todo = [name for name in SCENARIOS if name not in budgets]
+        first = bar.add_task("FedAvg per scenario", total=len(todo))
+        futures = {pool.submit(_run, (name, "fedavg", "fedavg", {}, SCENARIOS[name], FEDAVG_CAP)): name
+                   for name in todo}
         for fut in as_completed(futures):
             row = fut.result()
             rows.append(row)
             budgets[row["scenario"]] = row["time_to_target"] or FEDAVG_CAP
             bar.advance(first)
         jobs = [(name, s, label, params, sc, budgets[name]) for name, sc in SCENARIOS.items()
-                for s, label, params in CANDIDATES]
+                for s, label, params in CANDIDATES if (name, s, label) not in done]
         # the costliest first (FedASMU trains two jobs per task; big fleets make more updates per second)
         jobs.sort(key=lambda j: -sum(j[4]["mix"].values()) * j[5] * (2.0 if j[1] == "fedasmu" else 1.0))
         second = bar.add_task("candidates", total=len(jobs))
@@ -155,7 +173,9 @@ def main() -> None:
     for n in SCENARIOS:
         console.print(f"  {n}")
     wall = time.perf_counter() - t0
-    console.print(f"* = best geometric mean; {wall / 60:.1f} min of wall time on this machine")
+    console.print(f"* = best geometric mean; {wall / 60:.1f} min of wall time on this machine"
+                  + (f" (this merge; {earlier_wall / 60:.1f} min before)" if args.merge else ""))
+    wall += earlier_wall
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"command": "python benchmarks/tune_defaults.py", "target": TARGET,
                                           "scenarios": SCENARIOS, "fedavg_time_to_target": ref, "runs": rows,

@@ -204,6 +204,7 @@ def _agent(args: argparse.Namespace) -> int:
                         insecure=args.insecure, root_certificates=args.root_certificates,
                         auth_private_key=args.auth_supernode_private_key,
                         auth_public_key=args.auth_supernode_public_key, slowdown=args.slowdown,
+                        torch_threads=args.torch_threads,
                         worker=not args.no_worker, max_backoff=args.max_backoff, state_dir=args.state_dir,
                         node_config=_pairs(args.node_config, "node config", "data-dir=/data"),
                         metrics_address=args.metrics_address)
@@ -327,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--auth-supernode-public-key", default="", help="deprecated in Flower 1.42 (derived from the "
                    "private key); passed on when given")
     a.add_argument("--slowdown", type=float, default=1.0, help="emulate a slower device: wait (x-1) x compute time")
+    a.add_argument("--torch-threads", type=int, default=0, help="torch threads for training (0: the cores this "
+                   "process may use, capped by its cgroup CPU quota; 1 where several agents share a machine)")
     a.add_argument("--no-worker", action="store_true", help="no warm worker: every ClientApp loads torch and data")
     a.add_argument("--max-backoff", type=float, default=60.0, help="longest wait between SuperNode restarts (s)")
     a.add_argument("--state-dir", default="", help="folder for the worker socket (default: a temporary one)")

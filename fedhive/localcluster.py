@@ -331,7 +331,10 @@ class LocalCluster:
                *self.node_security(name),
                "--partition-id", str(partition_id), "--num-partitions", str(num_partitions),
                "--device-class", device_class, "--port", str(free_port()),
-               "--state-dir", str(self.run_dir / "agents" / f"agent{i}"), "--slowdown", f"{slowdown:g}"]
+               "--state-dir", str(self.run_dir / "agents" / f"agent{i}"), "--slowdown", f"{slowdown:g}",
+               # The emulated devices share this machine's cores: one torch thread each (more make every agent's
+               # OpenMP threads wait for the others'; see fedhive.client.trainer.default_threads).
+               "--torch-threads", "1"]
         if self.data_dir is not None:
             cmd += ["--data-dir", str(self.data_dir)]
         if not worker:

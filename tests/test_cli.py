@@ -101,3 +101,31 @@ def test_fedhive_up_refuses_bad_run_config_values_before_starting_a_process(argv
     monkeypatch.setattr(fedhive.up, "_prewarm", no_process)
     assert main(["up", "--out", str(tmp_path / "run"), *argv]) == 2
     assert words in capsys.readouterr().err
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kwargs, steps, params", [
+    ({"strategy": "fedbuff", "agents": 3}, 300, "buffer_size=2"),
+    ({"strategy": "fedbuff", "agents": 40}, 300, "buffer_size=10"),
+    ({"strategy": "fedbuff", "agents": 3, "settings": {"strategy-params": "buffer_size=7"}}, 300, "buffer_size=7"),
+    ({"strategy": "fedasync", "agents": 3, "settings": {"local-steps": 20}}, 20, ""),
+    ({"strategy": "fedcompass"}, 300, "q_min=300,q_max=1200,client_weights=samples"),
+])
+def test_fedhive_up_real_path_defaults_and_what_overrides_them(kwargs, steps, params, tmp_path, monkeypatch):
+    """`fedhive up`'s local work: 300 local steps and FedBuff's buffer at half the devices (2..10) unless set."""
+    import fedhive.up
+
+    seen = {}
+
+    def record(task, n, config, data_dir):
+        seen.update(config)
+        raise _Stop
+
+    monkeypatch.setattr(fedhive.up, "_prewarm", record)
+    with pytest.raises(_Stop):
+        fedhive.up.up(out=str(tmp_path / "run"), live=False, **kwargs)
+    assert seen["local-steps"] == steps and seen.get("strategy-params", "") == params
+    assert [fedhive.up.fedbuff_buffer(n) for n in (1, 3, 6, 20, 21, 100)] == [2, 2, 3, 10, 10, 10]

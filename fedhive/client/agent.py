@@ -88,6 +88,7 @@ class AgentOptions:
     auth_private_key: str = ""
     auth_public_key: str = ""
     slowdown: float = 1.0
+    torch_threads: int = 0  # 0: trainer.default_threads()
     worker: bool = True
     max_backoff: float = 60.0
     state_dir: str = ""
@@ -107,6 +108,7 @@ class AgentOptions:
             raise ValueError("--auth-supernode-public-key without --auth-supernode-private-key: node authentication "
                              "needs the private key (Flower 1.42 derives the public key from it)")
         self.slowdown = number("slowdown", self.slowdown, low=1)
+        self.torch_threads = integer("torch-threads", self.torch_threads, low=0)
 
 
 class Agent:
@@ -141,6 +143,7 @@ class Agent:
             "board": p.board.replace(" ", "_") or "none",
             "cpu-quota": p.cpu_quota if p.cpu_quota is not None else 0.0,
             "slowdown": self.opts.slowdown,
+            "torch-threads": self.opts.torch_threads,
         }
         if self.worker is not None:
             cfg["worker"] = self.socket_path
@@ -168,7 +171,7 @@ class Agent:
         from .worker import Worker
 
         os.environ["FEDHIVE_CACHE"] = str(self.data_dir)
-        trainer = Trainer(slowdown=self.opts.slowdown)
+        trainer = Trainer(slowdown=self.opts.slowdown, threads=self.opts.torch_threads or None)
         trainer.metrics = self.metrics
         self.worker = Worker(self.socket_path, trainer)
         import torch  # noqa: F401  (warm: the first task should not pay for the import)

@@ -19,7 +19,7 @@ from fedhive import messages as M
 from fedhive.client import app as client_app
 from fedhive.client.agent import AgentOptions, node_config_string
 from fedhive.client.profile import DeviceProfile, classify, detect
-from fedhive.client.trainer import Trainer
+from fedhive.client.trainer import Trainer, default_threads
 from fedhive.client.worker import Worker, WorkerError, call, recv_frame
 from fedhive.runconfig import task_settings
 from fedhive.tasks import load_task
@@ -142,6 +142,8 @@ def test_node_config_string_refuses_spaces_and_single_quotes(value):
     ({"slowdown": 0.5}, "slowdown must be a finite number >= 1, got 0.5"),
     ({"slowdown": float("nan")}, "slowdown must be a finite number >= 1, got nan"),
     ({"slowdown": "2"}, "slowdown must be a finite number >= 1, got '2'"),
+    ({"torch_threads": -1}, "torch-threads must be an integer >= 0, got -1"),
+    ({"torch_threads": 1.5}, "torch-threads must be an integer >= 0, got 1.5"),
 ])
 def test_agent_options_refuse_bad_values(kwargs, words):
     with pytest.raises(ValueError, match=words):
@@ -157,6 +159,36 @@ def test_agent_options_accept_good_values():
     assert (o.partition_id, o.num_partitions, o.slowdown) == (1, 4, 2.0)
     assert type(o.partition_id) is int and type(o.num_partitions) is int and type(o.slowdown) is float
     assert AgentOptions(superlink="x:1").device_class == "auto"
+
+
+@pytest.mark.parametrize("cores, quota, threads", [
+    (8, None, 8), (8, 0.5, 1), (8, 0.2, 1), (8, 2.5, 2), (2, 4.0, 2), (1, None, 1), (0, None, 1)])
+def test_default_threads_are_whole_cores_within_the_quota(cores, quota, threads):
+    assert default_threads(cores, quota) == threads
+
+
+def test_trainer_sets_its_torch_threads_in_the_serving_thread(task):
+    """torch keeps the thread count partly per thread: a request served in a fresh thread trains with the count
+    the trainer was given, not the process default (two threads per agent on shared cores cost 25x here)."""
+    import threading
+
+    import torch
+
+    seen = []
+    trainer = Trainer(device="cpu", threads=1)
+    settings = {"task": "synthetic", "num-partitions": 3, "partition": "dirichlet", "alpha": 0.5, "seed": 0}
+    req = {"op": "profile", "settings": settings, "node": {"partition-id": 0}}
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        t = threading.Thread(target=lambda: (trainer.handle(req, []), seen.append(torch.get_num_threads())))
+        t.start()
+        t.join()
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1]
+    with pytest.raises(ValueError, match="threads must be an integer >= 1, got -2"):
+        Trainer(device="cpu", threads=-2)
 
 
 # --------------------------------------------------------------------------- warm worker
