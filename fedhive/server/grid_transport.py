@@ -124,7 +124,11 @@ class GridTransport(Transport):
     ttl
         Seconds a train message may wait and run before Flower drops it (the task then fails with ``timeout``).
     poll_interval, membership_interval
-        How often to pull replies and to refresh the node list.
+        How often to pull replies and to refresh the node list. While pulls bring nothing, the pause between them
+        grows by half each time, up to ``poll_backoff_max`` seconds (or ``poll_interval`` where that is longer), and
+        drops back to ``poll_interval`` at the next reply or dispatch: replies come seconds apart on the real path
+        (a SuperNode polls every few seconds when idle), so pulling 20 times a second while waiting for them costs
+        the SuperLink and the server CPU for nothing.
     profile_ttl
         How long a node has to answer the profile query before it joins as ``unknown``.
     extra_config
@@ -155,7 +159,7 @@ class GridTransport(Transport):
     """
 
     def __init__(self, grid: Grid, param_names: Sequence[str], *, ttl: float = 600.0, poll_interval: float = 0.05,
-                 membership_interval: float = 1.0, profile_ttl: float = 60.0,
+                 poll_backoff_max: float = 0.5, membership_interval: float = 1.0, profile_ttl: float = 60.0,
                  extra_config: Mapping[str, Any] | None = None, idle_timeout: float = 600.0,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  partition_sizes: Sequence[int] | None = None, arrays_key: str = M.ARRAYS,
@@ -183,6 +187,8 @@ class GridTransport(Transport):
         self.param_names = list(param_names)
         self.ttl = ttl
         self.poll_interval = poll_interval
+        self.poll_backoff_max = max(poll_interval, number("poll_backoff_max (seconds)", poll_backoff_max, low=0))
+        self._pause = poll_interval  # the next pause between pulls (see poll_interval above)
         self.membership_interval = float(membership_interval)
         self.profile_ttl = float(profile_ttl)
         self.extra_config = dict(extra_config or {})
@@ -427,6 +433,7 @@ class GridTransport(Transport):
             return
         self._sent[ids[0]] = sent
         self._bytes += sum(int(p.nbytes) for p in params)
+        self._pause = self.poll_interval
 
     # ------------------------------------------------------------------ waiting
     def wait(self, deadline: float | None) -> list[Event]:
@@ -444,6 +451,7 @@ class GridTransport(Transport):
                 self._tolerate(exc)
                 continue
             if self._pending:
+                self._pause = self.poll_interval
                 events, self._pending = self._pending, []
                 events.sort(key=lambda e: e.time)
                 return events
@@ -454,7 +462,8 @@ class GridTransport(Transport):
                 return []
             if deadline is None and not self._sent and not self._queries and self._clock() >= idle_end:
                 return []
-            pause = self.poll_interval
+            pause = self._pause
+            self._pause = min(self._pause * 1.5, self.poll_backoff_max)
             if deadline is not None:
                 pause = min(pause, max(0.0, deadline - now))
             self._sleep(pause)
@@ -467,6 +476,8 @@ class GridTransport(Transport):
         replies = list(self._grid(self.grid.pull_messages, ids))
         self.pull_seconds += time.perf_counter() - t
         self.pulls += 1
+        if replies:
+            self._pause = self.poll_interval
         now = self.now()
         for reply in replies:
             mid = reply.metadata.reply_to_message_id

@@ -420,9 +420,32 @@ def test_replies_to_unknown_messages_are_ignored_and_wait_times_out_at_the_deadl
     join(grid, t, {11: profile_reply("cpu", 10)})
     t.dispatch(Dispatch(0, Task(11, 0, {}), 0.0, params()))
     start = t.now()
+    n0 = len(clock.sleeps)
     assert t.wait(start + 0.5) == []
     assert start + 0.5 <= t.now() < start + 0.6
-    assert all(dt <= 0.05 + 1e-9 for dt in clock.sleeps)  # polled, not one long sleep
+    pauses = clock.sleeps[n0:]
+    assert len(pauses) >= 4 and pauses[:3] == pytest.approx([0.05, 0.075, 0.1125])  # polled, backing off
+
+
+def test_pulls_back_off_while_nothing_arrives_and_return_to_the_poll_interval_at_a_reply():
+    grid, clock, t = make(nodes=(11,))
+    join(grid, t, {11: profile_reply("cpu", 10)})
+    t.dispatch(Dispatch(0, Task(11, 0, {}), 0.0, params()))
+    n0 = len(clock.sleeps)
+    assert t.wait(t.now() + 5.0) == []
+    pauses = clock.sleeps[n0:]
+    assert max(pauses) == pytest.approx(0.5) and pauses.count(max(pauses)) >= 5  # capped at poll_backoff_max
+    assert all(b >= a - 1e-12 for a, b in zip(pauses[:-2], pauses[1:-1]))  # (the last one is cut at the deadline)
+    (mid, _), = grid.of_type("train")
+    grid.reply(mid, train_reply(params(), {"num-examples": 10}))
+    (ev,) = t.wait(None)
+    assert isinstance(ev, Result)
+    t.dispatch(Dispatch(1, Task(11, 1, {}), t.now(), params()))
+    n1 = len(clock.sleeps)
+    assert t.wait(t.now() + 0.2) == []
+    assert clock.sleeps[n1] == pytest.approx(0.05)  # back to the poll interval
+    with pytest.raises(ValueError, match="poll_backoff_max"):
+        make(nodes=(11,), poll_backoff_max=-1.0)
 
 
 def test_wait_with_nothing_in_flight_gives_up_after_idle_timeout():
