@@ -11,6 +11,7 @@ ClientApp process then imports torch and loads the data itself); reports the mea
 
     .venv/bin/python benchmarks/orchestrator.py                 # both parts, ~8 minutes
     .venv/bin/python benchmarks/orchestrator.py --part 1 --nodes 20 --phase-seconds 60 --repeats 2
+    .venv/bin/python benchmarks/orchestrator.py --part 1 --compare-backoff   # also fedhive without the pull back-off
 """
 
 from __future__ import annotations
@@ -43,12 +44,12 @@ def part1(args, console: Console, root: Path) -> list[dict]:
         cluster.start_superlink()
         for i in range(args.nodes):
             cluster.add_supernode({"partition-id": i, "num-partitions": args.nodes})
-        total = 2 * args.repeats * (args.phase_seconds + 40) + 180
+        total = (3 if args.compare_backoff else 2) * args.repeats * (args.phase_seconds + 40) + 180
         console.print(f"part 1: {args.nodes} SuperNodes with a no-op ClientApp, {args.params:,} float32 parameters, "
                       f"{args.repeats} x (raw, fedhive) phases of {args.phase_seconds:.0f} s (about {total / 60:.0f} min)")
         cluster.flwr("run", str(app), "up", "--run-config",
                      f"nodes={args.nodes} params={args.params} phase-seconds={args.phase_seconds} "
-                     f"repeats={args.repeats} out='{out}'")
+                     f"repeats={args.repeats} compare-backoff={str(args.compare_backoff).lower()} out='{out}'")
         end = time.monotonic() + total + 300
         while not out.exists() and time.monotonic() < end:
             time.sleep(2)
@@ -57,12 +58,14 @@ def part1(args, console: Console, root: Path) -> list[dict]:
     rows = json.loads(out.read_text())["rows"]
     t = Table(title="fedhive orchestrator vs raw Flower round trips (no-op training)")
     for c in ("repeat", "path", "updates", "updates/s", "mean round trip s", "server wall ms/update",
-              "server CPU ms/update"):
+              "server CPU ms/update", "with pulls", "pulls/update"):
         t.add_column(c, justify="right")
     for r in rows:
         t.add_row(str(r["repeat"]), r["path"], str(r["updates"]), f"{r['updates_per_s']:.2f}",
                   f"{r['mean_round_trip_s']:.2f}", f"{r['server_ms_per_update']:.1f}",
-                  f"{r['server_cpu_ms_per_update']:.1f}")
+                  f"{r['server_cpu_ms_per_update']:.1f}",
+                  f"{r['server_cpu_ms_per_update_with_pulls']:.1f}" if "pulls_per_update" in r else "-",
+                  f"{r['pulls_per_update']:.1f}" if "pulls_per_update" in r else "-")
     console.print(t)
     raw = sum(r["updates"] for r in rows if r["path"] == "raw flower") / sum(
         r["seconds"] for r in rows if r["path"] == "raw flower")
@@ -120,6 +123,8 @@ def main() -> None:
     p.add_argument("--params", type=int, default=100_000)
     p.add_argument("--phase-seconds", type=float, default=60.0)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--compare-backoff", action="store_true",
+                   help="part 1: a third phase per repeat, fedhive with a pull every 0.05 s (no back-off)")
     p.add_argument("--client-seconds", type=float, default=90.0)
     p.add_argument("--out", default=str(HERE / "results"), help="folder for orchestrator.json (part 1) and "
                    "orchestrator_client.json (part 2)")
@@ -128,7 +133,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fedhive-bench-") as tmp:
         root = Path(tmp)
         if args.part in ("1", "all"):
-            save(console, Path(args.out) / "orchestrator.json", part1(args, console, root))
+            name = "orchestrator_backoff.json" if args.compare_backoff else "orchestrator.json"
+            save(console, Path(args.out) / name, part1(args, console, root))
         if args.part in ("2", "all"):
             save(console, Path(args.out) / "orchestrator_client.json", part2(args, console, root))
 

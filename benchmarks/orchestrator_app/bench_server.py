@@ -81,8 +81,9 @@ class Timing(Observer):
         self.durations.append(duration)
 
 
-def fedhive_phase(grid: Grid, params, seconds: float, poll: float, n_nodes: int) -> dict:
-    transport = GridTransport(grid, ["w"], poll_interval=poll, profile_ttl=120)
+def fedhive_phase(grid: Grid, params, seconds: float, poll: float, n_nodes: int, backoff: bool = True) -> dict:
+    extra = {} if backoff else {"poll_backoff_max": poll}  # without: a pull every `poll` seconds while waiting
+    transport = GridTransport(grid, ["w"], poll_interval=poll, profile_ttl=120, **extra)
     # Every node answers the profile query (an error reply from this no-op client) before the clock starts.
     transport.wait_for_clients(n_nodes, 180)
     waited = [0.0, 0.0]
@@ -101,10 +102,12 @@ def fedhive_phase(grid: Grid, params, seconds: float, poll: float, n_nodes: int)
     orch = Orchestrator(build("fedasync", {"local_steps": 1}), transport, stop=StopCondition(max_time=seconds),
                         observer=obs)
     t0, c0 = time.perf_counter(), time.thread_time()
-    push0 = transport.push_seconds
+    push0, pulls0 = transport.push_seconds, transport.pulls
     result = orch.run([params])
     wall = time.perf_counter() - t0
-    cpu = time.thread_time() - c0 - waited[1]
+    cpu_all = time.thread_time() - c0
+    cpu = cpu_all - waited[1]
+    pulls = transport.pulls - pulls0
     updates = result.final["client_updates"]
     # Drain the tasks still in flight.
     end = time.monotonic() + 30
@@ -113,7 +116,9 @@ def fedhive_phase(grid: Grid, params, seconds: float, poll: float, n_nodes: int)
         time.sleep(poll)
     server = wall - waited[0]
     push = transport.push_seconds - push0
-    return {"path": "fedhive", "updates": updates, "seconds": wall, "updates_per_s": updates / wall,
+    return {"path": "fedhive" if backoff else "fedhive, no back-off", "updates": updates, "seconds": wall,
+            "updates_per_s": updates / wall, "pulls_per_update": pulls / max(updates, 1),
+            "server_cpu_ms_per_update_with_pulls": 1e3 * cpu_all / max(updates, 1),
             "mean_round_trip_s": float(np.mean(obs.durations)) if obs.durations else None,
             "server_ms_per_update": 1e3 * server / max(updates, 1),
             "server_ms_per_update_without_push": 1e3 * (server - push) / max(updates, 1),
@@ -140,5 +145,9 @@ def main(grid: Grid, context) -> None:
         params = rng.standard_normal(int(cfg["params"])).astype(np.float32)
         rows.append({"repeat": rep, **fedhive_phase(grid, params, float(cfg["phase-seconds"]),
                                                     float(cfg["poll-interval"]), len(nodes))})
+        if cfg.get("compare-backoff", False):
+            params = rng.standard_normal(int(cfg["params"])).astype(np.float32)
+            rows.append({"repeat": rep, **fedhive_phase(grid, params, float(cfg["phase-seconds"]),
+                                                        float(cfg["poll-interval"]), len(nodes), backoff=False)})
     with open(cfg["out"], "w") as f:
         json.dump({"nodes": len(nodes), "rows": rows}, f, indent=1)
