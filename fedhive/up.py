@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from rich.console import Console
 from rich.table import Table
@@ -62,8 +62,11 @@ def _status_table(st: Mapping[str, Any], emulation: str) -> Table:
 #: FedCompass's simulation defaults (5 to 20 local steps) would leave the devices idle most of the time. Measured
 #: with the six default devices over 240 s (sample-size client weights, one torch thread per agent): test accuracy
 #: 0.81 with Q 100..400 (0.80 first reached at 240 s), 0.857 with Q 300..1200 (0.80 at 190 s). ``--set
-#: strategy-params=...`` replaces this.
-REAL_PATH_PARAMS = {"fedcompass": "q_min=300,q_max=1200,client_weights=samples"}
+#: strategy-params=...`` replaces this. Each entry gives the keywords for a cluster of ``n`` devices.
+REAL_PATH_PARAMS: dict[str, Callable[[int], str]] = {
+    "fedcompass": lambda n: "q_min=300,q_max=1200,client_weights=samples",
+    "fedbuff": lambda n: f"buffer_size={fedbuff_buffer(n)}",
+}
 
 #: Local steps per task of the local cluster when ``--set local-steps=...`` is not given (every strategy but
 #: FedCompass, which picks its own): the simulation's 20 steps are 20-100 ms of training beside seconds of overhead per
@@ -110,11 +113,8 @@ def up(*, strategy: str = "fedcompass", agents: int | None = None, mix: str | No
         config[k] = v
     if "local-steps" not in config:
         config["local-steps"] = REAL_PATH_LOCAL_STEPS
-    if not config.get("strategy-params"):
-        if strategy in REAL_PATH_PARAMS:
-            config["strategy-params"] = REAL_PATH_PARAMS[strategy]
-        elif strategy == "fedbuff":
-            config["strategy-params"] = f"buffer_size={fedbuff_buffer(n)}"
+    if strategy in REAL_PATH_PARAMS and not config.get("strategy-params"):
+        config["strategy-params"] = REAL_PATH_PARAMS[strategy](n)
     from fedhive.server.settings import RunSettings
 
     RunSettings.from_config(config)  # check everything before starting a process

@@ -451,7 +451,6 @@ class GridTransport(Transport):
                 self._tolerate(exc)
                 continue
             if self._pending:
-                self._pause = self.poll_interval
                 events, self._pending = self._pending, []
                 events.sort(key=lambda e: e.time)
                 return events
