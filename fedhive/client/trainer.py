@@ -86,7 +86,11 @@ class Trainer:
         slowdown = number("slowdown", slowdown, low=1)
         self.device = device
         self.slowdown = slowdown
-        self.threads = default_threads() if threads is None or threads == 0 else _int(threads, "threads", 1)
+        from fedhive.strategies.params import integer
+
+        # (the high end: torch's own count is a C int, and no machine has more cores than this)
+        self.threads = default_threads() if threads is None or threads == 0 else integer("threads", threads, low=1,
+                                                                                          high=4096)
         self._tasks: dict[tuple, Any] = {}
         self._lock = threading.Lock()
         self.requests = 0

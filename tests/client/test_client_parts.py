@@ -187,8 +187,15 @@ def test_trainer_sets_its_torch_threads_in_the_serving_thread(task):
     finally:
         torch.set_num_threads(before)
     assert seen == [1]
-    with pytest.raises(ValueError, match="threads must be an integer >= 1, got -2"):
+    with pytest.raises(ValueError, match="threads must be an integer >= 1 and <= 4096, got -2"):
         Trainer(device="cpu", threads=-2)
+
+
+@pytest.mark.parametrize("value", ["abc", "2", 1.5, True, float("nan"), 10**30])
+def test_trainer_refuses_a_bad_torch_threads_value_from_the_node_config(value):
+    """The no-worker ClientApp takes ``torch-threads`` from the node config: anything but a sane integer is refused."""
+    with pytest.raises(ValueError, match="threads must be an integer"):
+        Trainer(device="cpu", threads=value)
 
 
 # --------------------------------------------------------------------------- warm worker
