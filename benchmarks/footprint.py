@@ -5,8 +5,9 @@ is a local process (``--agent local``, this machine's architecture) or the arm64
 qemu-user-static with podman (``--agent arm64``, from ``benchmarks/arm64_image.sh --keep``; emulated, so CPU figures
 are qemu's and far above a real board's, and memory includes qemu's translation cache: an upper bound). Every second
 it sums, over the agent's process tree read from /proc, the resident set (VmRSS) and the CPU time, by part: the agent
-(its Python process with the warm worker), Flower's SuperNode, its SuperExec (``flower-superexec``, which starts
-the ClientApps), and the ``flwr-clientapp`` processes started per task. First ``--idle`` seconds connected with no run, then a FedAsync run of ``--train`` seconds on
+(its Python process with the warm worker), Flower's SuperNode, and either fedhive's warm ClientApp runner (the
+default: one long-lived process) or, with ``--clientapp-runner flower``, Flower's SuperExec (``flower-superexec``)
+and the ``flwr-clientapp`` processes it starts per task. First ``--idle`` seconds connected with no run, then a FedAsync run of ``--train`` seconds on
 mnist1d (20 local steps of batch 32 per task, the agent the only client).
 
     .venv/bin/python benchmarks/footprint.py                     # local agent, ~2 minutes
@@ -37,10 +38,12 @@ from fedhive.localcluster import LocalCluster, exit_on_sigterm, free_port  # noq
 ROOT = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-PARTS = ("agent", "supernode", "superexec", "clientapp", "other")
+PARTS = ("agent", "supernode", "superexec", "runner", "clientapp", "other")
 
 
 def part_of(cmdline: str) -> str:
+    if "fedhive.client.runner" in cmdline:
+        return "runner"
     if "flwr-clientapp" in cmdline:
         return "clientapp"
     if "flower-supernode" in cmdline:

@@ -207,7 +207,8 @@ def _agent(args: argparse.Namespace) -> int:
                         torch_threads=args.torch_threads,
                         worker=not args.no_worker, max_backoff=args.max_backoff, state_dir=args.state_dir,
                         node_config=_pairs(args.node_config, "node config", "data-dir=/data"),
-                        metrics_address=args.metrics_address)
+                        metrics_address=args.metrics_address, clientapp_runner=args.clientapp_runner,
+                        runner_poll=args.runner_poll)
     return Agent(opts, profile).run()
 
 
@@ -331,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--torch-threads", type=int, default=0, help="torch threads for training (0: the cores this "
                    "process may use, capped by its cgroup CPU quota; 1 where several agents share a machine)")
     a.add_argument("--no-worker", action="store_true", help="no warm worker: every ClientApp loads torch and data")
+    a.add_argument("--clientapp-runner", default="warm", choices=("warm", "flower"),
+                   help="warm (default): the SuperNode in --isolation process and fedhive's runner running every "
+                   "message in one long-lived process; flower: Flower's launcher, a new flwr-clientapp process per "
+                   "message (~2.4 s more per task)")
+    a.add_argument("--runner-poll", type=float, default=0.1, help="seconds between the warm runner's polls of the "
+                   "SuperNode in the 10 s after a task (then slowing to 1 s while idle)")
     a.add_argument("--max-backoff", type=float, default=60.0, help="longest wait between SuperNode restarts (s)")
     a.add_argument("--state-dir", default="", help="folder for the worker socket (default: a temporary one)")
     a.add_argument("--node-config", action="append", metavar="KEY=VALUE", help="extra node config (repeatable)")

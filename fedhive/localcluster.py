@@ -528,9 +528,10 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ shutdown
     def _groups(self) -> list[int]:
-        """Process groups this cluster is responsible for: each process it started, and each agent's SuperNode."""
+        """Process groups this cluster is responsible for: each process it started, and each agent's SuperNode and
+        ClientApp runner."""
         groups = [p.pid for p in self.procs]
-        for f in (self.run_dir / "agents").glob("*/supernode.pid"):
+        for f in [*(self.run_dir / "agents").glob("*/supernode.pid"), *(self.run_dir / "agents").glob("*/runner.pid")]:
             try:
                 groups.append(int(f.read_text().strip()))
             except (OSError, ValueError):

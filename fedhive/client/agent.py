@@ -1,10 +1,14 @@
 """``fedhive agent``: the program a device runs.
 
 It profiles the device (:mod:`fedhive.client.profile`), keeps a warm worker (:mod:`fedhive.client.worker`: torch,
-the data and the model stay loaded between Flower's per-message ClientApp processes), and runs Flower's own
-``flower-supernode`` with the profile, the data partition and the worker's socket in ``--node-config``. If the
-SuperNode exits it is restarted with capped exponential backoff, for as long as the agent runs. SIGTERM or SIGINT
-stops the SuperNode's whole process group (its launcher and any ClientApp) and the worker.
+the data and the model stay loaded between messages), and runs Flower's own ``flower-supernode`` with the profile,
+the data partition and the worker's socket in ``--node-config``. By default (``clientapp_runner="warm"``) the
+SuperNode runs in ``--isolation process`` with a fresh SuperExec secret, and fedhive's ClientApp runner
+(:mod:`fedhive.client.runner`) takes the place of Flower's launcher: one long-lived process runs every message
+instead of a new ``flwr-clientapp`` process per message. ``clientapp_runner="flower"`` keeps Flower's launcher.
+If the SuperNode or the runner exits, both are restarted with capped exponential backoff, for as long as the agent
+runs. SIGTERM or SIGINT stops the SuperNode's whole process group (with Flower's launcher: it and any ClientApp),
+the runner's, and the worker.
 """
 
 from __future__ import annotations
@@ -75,6 +79,9 @@ def node_config_string(config: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
+RUNNERS = ("warm", "flower")
+
+
 @dataclass
 class AgentOptions:
     superlink: str
@@ -94,6 +101,10 @@ class AgentOptions:
     state_dir: str = ""
     node_config: dict = field(default_factory=dict)
     metrics_address: str = ""
+    # "warm": the SuperNode in --isolation process with fedhive's runner (fedhive.client.runner) in place of
+    # Flower's launcher, one long-lived ClientApp process; "flower": Flower's own, a new process per message.
+    clientapp_runner: str = "warm"
+    runner_poll: float = 0.1
 
     def __post_init__(self) -> None:
         if self.device_class != "auto" and self.device_class not in DEVICE_CLASSES:
@@ -109,6 +120,9 @@ class AgentOptions:
                              "needs the private key (Flower 1.42 derives the public key from it)")
         self.slowdown = number("slowdown", self.slowdown, low=1)
         self.torch_threads = integer("torch-threads", self.torch_threads, low=0)
+        if self.clientapp_runner not in RUNNERS:
+            raise ValueError(f"clientapp runner {self.clientapp_runner!r} is not one of {', '.join(RUNNERS)}")
+        self.runner_poll = number("runner-poll", self.runner_poll, low=0.01, high=60)
 
 
 class Agent:
@@ -124,6 +138,7 @@ class Agent:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._stop = threading.Event()
         self._proc: subprocess.Popen | None = None
+        self._runner: subprocess.Popen | None = None
         self.restarts = 0
         self.worker = None
         self.metrics: Any = None
@@ -162,7 +177,19 @@ class Agent:
             cmd += ["--auth-supernode-private-key", o.auth_private_key]
         if o.auth_public_key:  # deprecated in Flower 1.42 (derived from the private key); passed on when given
             cmd += ["--auth-supernode-public-key", o.auth_public_key]
+        if o.clientapp_runner == "warm":
+            cmd += ["--isolation", "process", "--superexec-auth-secret-file", str(self.secret_path)]
         return cmd
+
+    @property
+    def secret_path(self) -> Path:
+        return self.state_dir / "superexec.secret"
+
+    def runner_command(self) -> list[str]:
+        """fedhive's warm ClientApp runner for the SuperNode of :meth:`command` (``clientapp_runner="warm"``)."""
+        return [sys.executable, "-m", "fedhive.client.runner", "--runtime-api-address", f"127.0.0.1:{self.opts.port}",
+                "--superexec-auth-secret-file", str(self.secret_path), "--poll-interval", f"{self.opts.runner_poll:g}",
+                "--parent-pid", str(os.getpid())]
 
     def start_worker(self) -> None:
         if not self.opts.worker:
@@ -192,18 +219,31 @@ class Agent:
         try:
             while not self._stop.is_set():
                 started = time.monotonic()
+                warm = self.opts.clientapp_runner == "warm"
+                if warm:  # a new secret per start: only this start's runner can claim the SuperNode's tasks
+                    from .runner import write_secret
+
+                    write_secret(self.secret_path)
                 cmd = self.command()
                 log.info("starting %s", " ".join(cmd))
                 self._proc = subprocess.Popen(cmd, env=flower_env(), start_new_session=True)
                 (self.state_dir / "supernode.pid").write_text(f"{self._proc.pid}\n")
-                while self._proc.poll() is None and not self._stop.is_set():
+                if warm:
+                    rcmd = self.runner_command()
+                    log.info("starting %s", " ".join(rcmd))
+                    self._runner = subprocess.Popen(rcmd, env=flower_env(), start_new_session=True)
+                    (self.state_dir / "runner.pid").write_text(f"{self._runner.pid}\n")
+                procs = [p for p in (self._proc, self._runner) if p is not None]
+                while all(p.poll() is None for p in procs) and not self._stop.is_set():
                     self._stop.wait(0.5)
                 if self._stop.is_set():
                     break
-                code = self._proc.returncode
+                which = "flower-supernode" if self._proc.poll() is not None else "the ClientApp runner"
+                code = self._proc.returncode if self._proc.poll() is not None else self._runner.returncode  # type: ignore[union-attr]
+                self._terminate()  # the pair restarts together: a runner needs its SuperNode's secret
                 if time.monotonic() - started > 60:
                     backoff = 1.0
-                log.warning("flower-supernode exited with code %s; restarting in %.0f s", code, backoff)
+                log.warning("%s exited with code %s; restarting in %.0f s", which, code, backoff)
                 self.restarts += 1
                 if self.metrics is not None:
                     self.metrics.restarts.inc()
@@ -222,10 +262,10 @@ class Agent:
         self._stop.set()
 
     def _terminate(self) -> None:
-        p = self._proc
-        if p is None:
-            return
-        terminate_group(p)
+        for p in (self._runner, self._proc):
+            if p is not None:
+                terminate_group(p)
+        self._runner = None
 
 
 def signal_group(pgid: int, sig: int) -> None:

@@ -30,10 +30,14 @@ def test_killed_supernode_fails_its_task_and_a_new_node_gets_work(tmp_path):
         run_id = cluster.submit({"strategy": "fedasync", "task": "synthetic", "local-steps": 5, "min-clients": 3,
                                  "max-time": 110.0, "eval-interval": 5.0, "run-dir": str(run_dir)})
         wait_for(lambda: status(run_dir).get("client_updates", 0) >= 3, 120, "three updates")
-        # SIGKILL the rpi4 agent's SuperNode (and its launcher and ClientApp): no goodbye, as a device losing power.
+        # SIGKILL the rpi4 agent's SuperNode and its ClientApp runner (with Flower's launcher: its launcher and
+        # ClientApp, in the SuperNode's group): no goodbye, as a device losing power.
         victim = cluster.run_dir / "agents" / "agent2" / "supernode.pid"
         old_pid = int(victim.read_text())
-        cluster.stop_pgid(old_pid, signal.SIGKILL)
+        runner = cluster.run_dir / "agents" / "agent2" / "runner.pid"
+        for pid in (old_pid, int(runner.read_text()) if runner.exists() else None):
+            if pid is not None:
+                cluster.stop_pgid(pid, signal.SIGKILL)
         # Its agent starts a new SuperNode, which registers as a new node and must get work.
         wait_for(lambda: victim.exists() and int(victim.read_text()) != old_pid, 30, "the agent to restart it")
         # Flower declares the old node lost after its heartbeat expires (about a minute); once the lost task has

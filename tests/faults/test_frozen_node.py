@@ -25,9 +25,13 @@ def test_a_frozen_node_does_not_stop_an_async_run(tmp_path):
         run_id = cluster.submit({"strategy": "fedasync", "task": "synthetic", "local-steps": 5, "min-clients": 3,
                                  "ttl": 15.0, "max-time": 75.0, "eval-interval": 5.0, "run-dir": str(run_dir)})
         wait_for(lambda: status(run_dir).get("client_updates", 0) >= 3, 150, "three updates")
-        pid = int((cluster.run_dir / "agents" / "agent2" / "supernode.pid").read_text())
+        agent_dir = cluster.run_dir / "agents" / "agent2"
+        # The SuperNode and the agent's ClientApp runner (with Flower's launcher: its launcher and ClientApp, in
+        # the SuperNode's group): a frozen device.
+        pids = [int((agent_dir / f).read_text()) for f in ("supernode.pid", "runner.pid") if (agent_dir / f).exists()]
         before = status(run_dir)
-        cluster.stop_pgid(pid, signal.SIGSTOP)  # the SuperNode, its launcher and ClientApp: a frozen device
+        for pid in pids:
+            cluster.stop_pgid(pid, signal.SIGSTOP)
         frozen_at = time.monotonic()
         try:
             wait_for(lambda: sum(status(run_dir).get("failures", {}).values()) > sum(before.get("failures", {})
@@ -38,7 +42,8 @@ def test_a_frozen_node_does_not_stop_an_async_run(tmp_path):
             # The other two nodes kept delivering while it was frozen.
             assert during["client_updates"] >= before["client_updates"] + 4, (before, during)
         finally:
-            cluster.stop_pgid(pid, signal.SIGCONT)
+            for pid in pids:
+                cluster.stop_pgid(pid, signal.SIGCONT)
         # Thawed, the node gets work again and delivers; then the run is stopped (max-time is only a bound).
         thawed = status(run_dir).get("updates_by_class", {}).get("rpi4", 0)
         wait_for(lambda: status(run_dir).get("updates_by_class", {}).get("rpi4", 0) > thawed, 60,
