@@ -187,7 +187,12 @@ class WarmRunner:
                 self._sleep(interval)
                 continue
             token, task = got
-            self.run_task(token, getattr(task, "task_id", 0))
+            try:
+                self.run_task(token, getattr(task, "task_id", 0))
+            except Exception as exc:  # the runner outlives a task whose bookkeeping failed (Flower expires it)
+                self.tasks += 1
+                self.failed += 1
+                log.error("runner: task %s could not be completed: %s", getattr(task, "task_id", 0), exc)
             last_task = clock()
             interval = o.poll_interval
             if max_tasks and self.tasks >= max_tasks:
@@ -247,7 +252,8 @@ class WarmRunner:
             app = self._load(run, fab)
             reply = app(message=message, context=context)
             sub_status, details = SubStatus.COMPLETED, ""
-        except Exception as ex:  # as flwr-clientapp: an error reply, the reason in the task's status
+        except (Exception, SystemExit) as ex:  # as flwr-clientapp: an error reply, the reason in the task's status
+            # (a ClientApp calling sys.exit() ends its own process under Flower's launcher; here it fails its task)
             code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
             reason = f"{type(ex)}:<'{ex}'>"
             if isinstance(ex, LoadClientAppError):

@@ -150,8 +150,8 @@ def test_agent_runs_supernode_in_process_isolation_with_its_runner(tmp_path):
 
 
 def test_warm_runner_answers_a_raising_clientapp_and_loads_each_fab_once_in_one_process(tmp_path):
-    """One fedhive agent (warm runner) on a real SuperLink: a ClientApp that raises gets Flower's error reply and the
-    next message is served by the same process; a second app with the same module names (another FAB) runs its own
+    """One fedhive agent (warm runner) on a real SuperLink: a ClientApp that raises, or calls sys.exit, gets Flower's
+    error reply and the next message is served by the same process; a second app with the same module names (another FAB) runs its own
     code, in that same process."""
     app1 = tmp_path / "app1"
     shutil.copytree(HERE / "runner_app", app1)
@@ -164,7 +164,7 @@ def test_warm_runner_answers_a_raising_clientapp_and_loads_each_fab_once_in_one_
         cluster.start_superlink()
         cluster.add_agent("cpu", 0, 1, quota=None, worker=False)
         results = []
-        for app, modes in ((app1, "raise,echo,echo"), (app2, "echo")):
+        for app, modes in ((app1, "raise,exit,echo,echo"), (app2, "echo")):
             out = tmp_path / f"{app.name}.json"
             res = cluster.flwr("run", str(app), cluster.connection, "--run-config", f"modes='{modes}' out='{out}'")
             assert res.returncode == 0, res.stdout + res.stderr
@@ -174,8 +174,9 @@ def test_warm_runner_answers_a_raising_clientapp_and_loads_each_fab_once_in_one_
             assert out.exists(), _logs(cluster)
             time.sleep(0.3)
             results.append(json.loads(out.read_text()))
-        (r_raise, e1, e2), (f2,) = results
+        (r_raise, r_exit, e1, e2), (f2,) = results
         assert r_raise["mode"] == "raise" and r_raise["error"] != 0 and "asked to raise" in r_raise["reason"]
+        assert r_exit["mode"] == "exit" and r_exit["error"] != 0 and "SystemExit" in r_exit["reason"]
         assert e1["version"] == e2["version"] == 1
         assert f2["version"] == 2  # the second FAB's own module, not the cached first one
         assert e1["pid"] == e2["pid"] == f2["pid"]  # one warm process for all of them
