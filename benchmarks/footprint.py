@@ -159,6 +159,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--agent", choices=["local", "arm64"], default="local")
     ap.add_argument("--image", default="fedhive/agent:0.1.0-arm64")
+    ap.add_argument("--clientapp-runner", choices=["warm", "flower"], default="warm", help="the local agent's runner")
     ap.add_argument("--idle", type=float, default=30.0, help="seconds connected, no run")
     ap.add_argument("--train", type=float, default=60.0, help="seconds of the FedAsync run")
     ap.add_argument("--out", default="")
@@ -172,7 +173,7 @@ def main() -> None:
         with LocalCluster(root / "c", emulate="none", data_dir=root / "data", secure=True) as cluster:
             cluster.start_superlink()
             if args.agent == "local":
-                agent = cluster.add_agent("cpu", 0, 1, quota=None)
+                agent = cluster.add_agent("cpu", 0, 1, quota=None, extra=["--clientapp-runner", args.clientapp_runner])
                 pid = agent.pid
             else:
                 if shutil.which("podman") is None:

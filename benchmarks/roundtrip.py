@@ -128,9 +128,8 @@ def run_phase(root: Path, app: Path, kinds: list[int], args: argparse.Namespace)
                                           "--port", str(free_port()), "--node-config",
                                           node_config_string({"partition-id": i, "num-partitions": k, "rt-kind": 4})])
                 else:
-                    extra = ["--node-config", f"rt-kind={kind}"]
-                    if kind == 3:
-                        extra += ["--clientapp-runner", "flower"]
+                    extra = ["--node-config", f"rt-kind={kind}",
+                             "--clientapp-runner", "flower" if kind == 3 else "warm"]
                     cluster.add_agent("gpu", i, k, quota=None, extra=extra)
         res = cluster.flwr("run", str(app), cluster.connection, "--run-config",
                            f"nodes={k * len(kinds)} tasks={args.tasks} local-steps={args.local_steps} "

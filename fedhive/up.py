@@ -84,7 +84,7 @@ def fedbuff_buffer(n: int) -> int:
 def up(*, strategy: str = "fedcompass", agents: int | None = None, mix: str | None = None, duration: float = 240.0,
        task: str = "mnist1d", out: str | None = None, metrics_address: str = "", settings: Mapping[str, Any] = (),
        emulate: str = "auto", live: bool | None = None, console: Console | None = None,
-       max_restarts: int = 3, insecure: bool = False) -> dict[str, Any]:
+       max_restarts: int = 3, insecure: bool = False, clientapp_runner: str = "flower") -> dict[str, Any]:
     """Run the local cluster; returns the final ``history.json`` content (raises on failure).
 
     Secure unless ``insecure``: TLS (a CA and server certificate made in ``RUN/certs/``) for the SuperLink and the
@@ -123,6 +123,8 @@ def up(*, strategy: str = "fedcompass", agents: int | None = None, mix: str | No
     # core) would each generate the same data at once.
     data_dir = Path(os.environ.get("FEDHIVE_CACHE") or Path.home() / ".cache" / "fedhive")
     _prewarm(task, n, config, data_dir)
+    if clientapp_runner not in ("warm", "flower"):
+        raise ValueError(f"clientapp_runner {clientapp_runner!r} is not one of warm, flower")
     cluster = LocalCluster(run_dir, emulate=emulate, data_dir=data_dir, secure=not insecure)
     try:
         console.print(f"fedhive up: {n} agents {counts}, {strategy}"
@@ -139,7 +141,7 @@ def up(*, strategy: str = "fedcompass", agents: int | None = None, mix: str | No
         i = 0
         for cls, k in counts.items():
             for _ in range(k):
-                cluster.add_agent(cls, i, n)
+                cluster.add_agent(cls, i, n, extra=["--clientapp-runner", clientapp_runner])
                 i += 1
         console.print(f"submitting to the SuperLink at {cluster.address}"
                       + (f"; Prometheus metrics at http://{metrics_address}/metrics" if metrics_address else ""))

@@ -136,7 +136,8 @@ def test_only_the_runner_with_the_supernodes_secret_can_claim_its_tasks(tmp_path
 
 
 def test_agent_runs_supernode_in_process_isolation_with_its_runner(tmp_path):
-    agent = Agent(AgentOptions(superlink="10.0.0.1:8000", port=9300, state_dir=str(tmp_path)))
+    assert AgentOptions(superlink="x:1").clientapp_runner == "flower"  # the default, for now (README)
+    agent = Agent(AgentOptions(superlink="10.0.0.1:8000", port=9300, state_dir=str(tmp_path), clientapp_runner="warm"))
     cmd = agent.command()
     assert cmd[cmd.index("--isolation") + 1] == "process"
     assert cmd[cmd.index("--superexec-auth-secret-file") + 1] == str(tmp_path / "superexec.secret")
@@ -162,7 +163,7 @@ def test_warm_runner_answers_a_raising_clientapp_and_loads_each_fab_once_in_one_
     cluster = LocalCluster(tmp_path / "c", emulate="none", data_dir=tmp_path / "data")
     try:
         cluster.start_superlink()
-        cluster.add_agent("cpu", 0, 1, quota=None, worker=False)
+        cluster.add_agent("cpu", 0, 1, quota=None, worker=False, extra=["--clientapp-runner", "warm"])
         results = []
         for app, modes in ((app1, "raise,exit,echo,echo"), (app2, "echo")):
             out = tmp_path / f"{app.name}.json"
