@@ -285,8 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key (repeatable)")
     u.add_argument("--emulate", choices=("auto", "cgroup", "slowdown", "none"), default="auto",
                    help="how device classes get their speed (default: cgroup CPU quota if writable)")
-    u.add_argument("--clientapp-runner", default="flower", choices=("warm", "flower"), help="the agents' ClientApp "
-                   "runner (default flower: Flower's launcher; warm: fedhive's long-lived runner, README)")
+    u.add_argument("--clientapp-runner", default="warm", choices=("warm", "flower"), help="the agents' ClientApp "
+                   "runner (default warm: fedhive's long-lived runner, README; flower: Flower's launcher)")
     u.add_argument("--max-restarts", type=int, default=3, help="times a run lost to a killed ServerApp or "
                    "SuperLink is resumed from its newest checkpoint (default 3; 0: never)")
     u.add_argument("--insecure", action="store_true", help="plain text and no node authentication (default: TLS with "
@@ -335,10 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--torch-threads", type=int, default=0, help="torch threads for training (0: the cores this "
                    "process may use, capped by its cgroup CPU quota; 1 where several agents share a machine)")
     a.add_argument("--no-worker", action="store_true", help="no warm worker: every ClientApp loads torch and data")
-    a.add_argument("--clientapp-runner", default="flower", choices=("warm", "flower"),
-                   help="flower (default): Flower's launcher, a new flwr-clientapp process per message; warm: the "
-                   "SuperNode in --isolation process and fedhive's runner running every message in one long-lived "
-                   "process (~1-4 s less per task; README 'Warm ClientApp runner' for its known issue)")
+    a.add_argument("--clientapp-runner", default="warm", choices=("warm", "flower"),
+                   help="warm (default): the SuperNode in --isolation process and fedhive's runner running every "
+                   "message in one long-lived process (~1-4 s less per task; README 'Warm ClientApp runner'); "
+                   "flower: Flower's launcher, a new flwr-clientapp process per message")
     a.add_argument("--runner-poll", type=float, default=0.1, help="seconds between the warm runner's polls of the "
                    "SuperNode in the 10 s after a task (then slowing to 1 s while idle)")
     a.add_argument("--max-backoff", type=float, default=60.0, help="longest wait between SuperNode restarts (s)")

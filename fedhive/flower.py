@@ -280,7 +280,7 @@ class _FederatedEvaluation(Observer):
             self._aggregate(version)
 
 
-_EVAL_FAILURES = {"client_error", "timeout", "node_lost", "client_crashed"}
+_EVAL_FAILURES = {"client_error", "timeout", "node_lost", "client_crashed", "upload_stalled", "upload_lost"}
 
 
 class EngineRun:

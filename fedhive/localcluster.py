@@ -538,10 +538,29 @@ class LocalCluster:
                 pass
         return groups
 
+    def _server_apps(self) -> set[int]:
+        """The ServerApps of this cluster's SuperLink: the pids ``wait_status`` saw, and every live ``flwr-serverapp``
+        whose environment has this cluster's ``FLWR_HOME`` (the SuperLink's SuperExec passes its environment on;
+        a ServerApp outlives its SuperExec, re-parented, so a cluster closed before ``wait_status`` saw its
+        ``status.json`` would otherwise leave it running)."""
+        pids = {p for p in self.server_pids if _pid_alive(p)}
+        if not self.same_host:
+            return pids
+        mark = b"FLWR_HOME=" + str(self.flwr_home).encode() + b"\0"
+        for d in Path("/proc").glob("[0-9]*"):
+            try:
+                if b"flwr-serverapp" in (d / "cmdline").read_bytes() and mark in (d / "environ").read_bytes() + b"\0":
+                    pid = int(d.name)
+                    if _pid_alive(pid):
+                        pids.add(pid)
+            except (OSError, ValueError):
+                continue
+        return pids
+
     def leftovers(self) -> list[int]:
-        """PIDs still alive in this cluster's process groups or cgroups, and the ServerApps it saw."""
+        """PIDs still alive in this cluster's process groups or cgroups, and its ServerApps (see _server_apps)."""
         groups = set(self._groups())
-        pids = [p for p in self.server_pids if _pid_alive(p)]
+        pids = list(self._server_apps())
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 fields = stat.read_text().rsplit(")", 1)[1].split()
@@ -557,9 +576,10 @@ class LocalCluster:
     def close(self, grace: float = 8.0) -> None:
         """Stop every process this cluster started (SIGTERM to each process group, SIGKILL after ``grace``
         seconds), the agents' SuperNodes and their ClientApps included, and remove the cgroups."""
+        apps = self._server_apps()  # before the SuperLink goes: a ServerApp is re-parented, not in our groups
         for pgid in reversed(self._groups()):
             signal_group(pgid, signal.SIGTERM)
-        for pid in self.server_pids:  # a ServerApp outlives its SuperExec (it is re-parented, not in our groups)
+        for pid in apps:
             _signal_pid(pid, signal.SIGTERM)
         end = time.monotonic() + grace
         for proc in reversed(self.procs):
@@ -571,7 +591,7 @@ class LocalCluster:
             time.sleep(0.2)
         for pgid in reversed(self._groups()):
             signal_group(pgid, signal.SIGKILL)
-        for pid in self.server_pids:
+        for pid in apps | self._server_apps():
             _signal_pid(pid, signal.SIGKILL)
         for proc in reversed(self.procs):
             try:

@@ -52,6 +52,7 @@ KEYS: dict[str, tuple[Any, str]] = {
     "wait-clients": (120.0, "seconds to wait for min-clients"),
     "ttl": (600.0, "seconds a train message may take before it fails with timeout"),
     "poll-interval": (0.05, "seconds between pulls of replies"),
+    "upload-timeout": (60.0, "seconds a reply's upload may make no progress before its task fails (upload_stalled)"),
     "store-address": ("127.0.0.1:0", "where the model store listens (FedASMU only; port 0: any free port)"),
     "store-public-address": ("", "the store's address as devices reach it (default: store-address)"),
     "tls-certfile": ("", "the SuperLink's certificate, for the model store's TLS (with tls-keyfile)"),

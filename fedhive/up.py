@@ -84,7 +84,7 @@ def fedbuff_buffer(n: int) -> int:
 def up(*, strategy: str = "fedcompass", agents: int | None = None, mix: str | None = None, duration: float = 240.0,
        task: str = "mnist1d", out: str | None = None, metrics_address: str = "", settings: Mapping[str, Any] = (),
        emulate: str = "auto", live: bool | None = None, console: Console | None = None,
-       max_restarts: int = 3, insecure: bool = False, clientapp_runner: str = "flower") -> dict[str, Any]:
+       max_restarts: int = 3, insecure: bool = False, clientapp_runner: str = "warm") -> dict[str, Any]:
     """Run the local cluster; returns the final ``history.json`` content (raises on failure).
 
     Secure unless ``insecure``: TLS (a CA and server certificate made in ``RUN/certs/``) for the SuperLink and the

@@ -2,11 +2,10 @@
 
 It profiles the device (:mod:`fedhive.client.profile`), keeps a warm worker (:mod:`fedhive.client.worker`: torch,
 the data and the model stay loaded between messages), and runs Flower's own ``flower-supernode`` with the profile,
-the data partition and the worker's socket in ``--node-config``. With ``clientapp_runner="warm"`` the
+the data partition and the worker's socket in ``--node-config``. By default (``clientapp_runner="warm"``) the
 SuperNode runs in ``--isolation process`` with a fresh SuperExec secret, and fedhive's ClientApp runner
 (:mod:`fedhive.client.runner`) takes the place of Flower's launcher: one long-lived process runs every message
-instead of a new ``flwr-clientapp`` process per message. The default, ``clientapp_runner="flower"``, keeps
-Flower's launcher.
+instead of a new ``flwr-clientapp`` process per message. ``clientapp_runner="flower"`` keeps Flower's launcher.
 If the SuperNode or the runner exits, both are restarted with capped exponential backoff, for as long as the agent
 runs. SIGTERM or SIGINT stops the SuperNode's whole process group (with Flower's launcher: it and any ClientApp),
 the runner's, and the worker.
@@ -103,9 +102,9 @@ class AgentOptions:
     node_config: dict = field(default_factory=dict)
     metrics_address: str = ""
     # "warm": the SuperNode in --isolation process with fedhive's runner (fedhive.client.runner) in place of
-    # Flower's launcher, one long-lived ClientApp process; "flower" (default): Flower's own, a new process per
-    # message. Not the default yet: see the README ("Warm ClientApp runner") for the server stall it exposes.
-    clientapp_runner: str = "flower"
+    # Flower's launcher, one long-lived ClientApp process (the default); "flower": Flower's own, a new process per
+    # message.
+    clientapp_runner: str = "warm"
     runner_poll: float = 0.1
 
     def __post_init__(self) -> None:
@@ -240,8 +239,9 @@ class Agent:
                     self._stop.wait(0.5)
                 if self._stop.is_set():
                     break
-                which = "flower-supernode" if self._proc.poll() is not None else "the ClientApp runner"
-                code = self._proc.returncode if self._proc.poll() is not None else self._runner.returncode  # type: ignore[union-attr]
+                exited = next(p for p in procs if p.poll() is not None)  # the SuperNode first if both did
+                which = "flower-supernode" if exited is self._proc else "the ClientApp runner"
+                code = exited.returncode
                 self._terminate()  # the pair restarts together: a runner needs its SuperNode's secret
                 if time.monotonic() - started > 60:
                     backoff = 1.0

@@ -307,7 +307,7 @@ def _run(grid: Grid, settings: RunSettings) -> RunResult:
         eval_interval=settings["eval-interval"], run_dir=run_dir, on_metrics_error=metrics_failed,
         # fedhive's own devices: profiles asked, the run config's training settings, the lenient reply reading
         query_profiles=True, extra_config=settings.client_config(), weight_key=None, alias_loss=True,
-        idle_timeout=IDLE_TIMEOUT,
+        idle_timeout=IDLE_TIMEOUT, upload_timeout=settings["upload-timeout"],
         partition_sizes=[int(task.num_examples(i)) for i in range(parts)] if parts >= 1 else None)
     transport = engine.transport
     status = RunStatus(run_dir, settings, transport)

@@ -15,6 +15,11 @@ code  Flower's meaning                      failure reason
 8     the ClientApp process crashed         ``client_crashed``
 ====  ===================================  =================
 
+On Flower's HTTP grid (deployment) replies are pulled with :class:`fedhive.server.reply_pull.ReplyPuller`, which never
+waits on a node's upload (Flower's ``pull_messages`` can wait two hours for one frozen node): a reply that gains no
+object for ``upload_timeout`` seconds fails its task as ``upload_stalled``, one whose objects the SuperLink lost as ``upload_lost``; a reply larger than twice the model sent
+plus 1 MiB (4 MiB for a profile or an evaluation) is ``Malformed`` and nothing more of it is read.
+
 A reply that cannot be decoded is a ``Malformed`` event, never an exception: no arrays; arrays not named exactly like
 the model's tensors (in any order: they are mapped by name; missing and foreign names are both reported); an array
 whose declared dtype or shape is not that of the tensor the task was sent with, whose data is larger than that tensor
@@ -51,6 +56,8 @@ from fedhive import messages as M
 from fedhive.engine.transport import Event, Failure, Malformed, Result, Transport
 from fedhive.strategies.base import ClientInfo, Dispatch, Task, Update
 from fedhive.strategies.params import number
+
+from .reply_pull import REPLY_TOO_LARGE, REPLY_UNDECODABLE, ReplyPuller, make_reply_puller
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord, Message, RecordDict
@@ -156,6 +163,9 @@ class GridTransport(Transport):
         task id and the model version are added over both).
     alias_loss
         Copy a reply's ``train_loss`` to ``loss`` where it has no ``loss`` (fedhive's metrics read ``loss``).
+    upload_timeout
+        Seconds a reply the SuperLink has handed out may go without a new object before its task fails as
+        ``upload_stalled`` (Flower's HTTP grid only; see the module docstring).
     """
 
     def __init__(self, grid: Grid, param_names: Sequence[str], *, ttl: float = 600.0, poll_interval: float = 0.05,
@@ -165,8 +175,12 @@ class GridTransport(Transport):
                  partition_sizes: Sequence[int] | None = None, arrays_key: str = M.ARRAYS,
                  config_key: str = M.CONFIG, weight_key: str | None = None, query_profiles: bool = True,
                  make_config: Callable[[Task], Mapping[str, Any]] | None = None, alias_loss: bool = True,
-                 node_config: Callable[[int], Mapping[str, Any]] | None = None) -> None:
+                 node_config: Callable[[int], Mapping[str, Any]] | None = None,
+                 upload_timeout: float = 60.0) -> None:
         ttl = number("ttl (seconds)", ttl, low=0, low_open=True)
+        self.upload_timeout = number("upload_timeout (seconds)", upload_timeout, low=0, low_open=True)
+        self._puller: ReplyPuller | None = None
+        self._puller_checked = False
         for what, key in (("arrays_key", arrays_key), ("config_key", config_key), ("weight_key", weight_key)):
             if key is not None and (type(key) is not str or not key):
                 raise ValueError(f"{what} must be a non-empty string, got {_short(key)}")
@@ -472,12 +486,18 @@ class GridTransport(Transport):
         if not ids:
             return
         t = time.perf_counter()
-        replies = list(self._grid(self.grid.pull_messages, ids))
+        puller = self._reply_puller()
+        if puller is None:
+            replies, given_up = list(self._grid(self.grid.pull_messages, ids)), []
+        else:
+            replies, given_up = self._grid(puller.pull, ids)
         self.pull_seconds += time.perf_counter() - t
         self.pulls += 1
-        if replies:
+        if replies or given_up:
             self._pause = self.poll_interval
         now = self.now()
+        for mid, reason, detail in given_up:
+            self._give_up(mid, reason, detail, now)
         for reply in replies:
             mid = reply.metadata.reply_to_message_id
             if mid in self._queries:
@@ -496,6 +516,41 @@ class GridTransport(Transport):
             if now - q.sent_at > self.profile_ttl + 5.0:
                 del self._queries[mid]
                 self._join(q.node_id, {}, "no answer to the profile query")
+
+    def _reply_puller(self) -> ReplyPuller | None:
+        """The non-blocking puller for Flower's HTTP grid, made at the first pull (the grid's run is set by then)."""
+        if not self._puller_checked:
+            self._puller_checked = True
+            self._puller = make_reply_puller(self.grid, upload_timeout=self.upload_timeout, clock=self._clock,
+                                             limit=self._reply_limit)
+        return self._puller
+
+    def _reply_limit(self, mid: str) -> int:
+        """The most bytes a reply to message ``mid`` may take: twice the model it was sent plus 1 MiB (4 MiB for a
+        profile query or an evaluation, which carry no model back)."""
+        sent = self._sent.get(mid)
+        if sent is None:
+            return 4 << 20
+        return 2 * sum(int(p.nbytes) for p in sent.params) + (1 << 20)
+
+    def _give_up(self, mid: str, reason: str, detail: str, now: float) -> None:
+        """A reply the puller gave up on (see ReplyPuller): its task fails, or is rejected as malformed."""
+        if mid in self._queries:
+            self._join(self._queries.pop(mid).node_id, {}, f"profile reply {reason}")
+            return
+        if mid in self._evals:
+            ev = self._evals.pop(mid)
+            self._eval_results.append((ev.version, ev.node_id, {}, 0, reason))
+            return
+        sent = self._sent.pop(mid, None)
+        if sent is None:
+            return
+        node = sent.task.node_id
+        log.warning("task %s on node %s: %s (%s)", sent.task_id, node, reason, detail)
+        if reason in (REPLY_TOO_LARGE, REPLY_UNDECODABLE):
+            self._pending.append(Malformed(sent.task_id, node, f"{reason}: {detail}"[:300], now))
+        else:
+            self._pending.append(Failure(sent.task_id, node, reason, now))
 
     def _on_profile(self, q: _Query, reply: Message) -> None:
         if reply.has_error():

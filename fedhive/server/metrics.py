@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fedhive.metrics")
 
 FAILURE_REASONS = ("node_lost", "timeout", "client_error", "client_crashed", "rejected", "lost_in_restart",
-                   "push_refused", "dropout")
+                   "push_refused", "dropout", "upload_stalled", "upload_lost")
 STALENESS_BUCKETS = (0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120, 300, 600)
 AGGREGATION_BUCKETS = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3)

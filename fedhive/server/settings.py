@@ -31,6 +31,7 @@ _LIMITS: dict[str, dict[str, Any]] = {
     "eval-interval": {"low_open": True},  # seconds between evaluations
     "ttl": {"low_open": True},  # seconds a train message may live: 0 would fail every task
     "poll-interval": {"low_open": True},  # seconds between pulls: 0 would spin
+    "upload-timeout": {"low_open": True},  # seconds to finish a reply's upload: 0 would fail every reply
     "alpha": {"low_open": True},  # a Dirichlet concentration
     "checkpoint-every": {"low": 1},  # versions between checkpoints
 }

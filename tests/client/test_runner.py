@@ -136,7 +136,7 @@ def test_only_the_runner_with_the_supernodes_secret_can_claim_its_tasks(tmp_path
 
 
 def test_agent_runs_supernode_in_process_isolation_with_its_runner(tmp_path):
-    assert AgentOptions(superlink="x:1").clientapp_runner == "flower"  # the default, for now (README)
+    assert AgentOptions(superlink="x:1").clientapp_runner == "warm"  # the default (README)
     agent = Agent(AgentOptions(superlink="10.0.0.1:8000", port=9300, state_dir=str(tmp_path), clientapp_runner="warm"))
     cmd = agent.command()
     assert cmd[cmd.index("--isolation") + 1] == "process"

@@ -63,6 +63,30 @@ def test_killed_supernode_fails_its_task_and_a_new_node_gets_work(tmp_path):
     assert not wait_for_none(cluster)
 
 
+def test_close_stops_a_server_app_it_never_saw(tmp_path):
+    """A test that fails before ``wait_status`` (which learns the ServerApp's pid from status.json) must still leave
+    no ServerApp behind: close() finds it by this cluster's FLWR_HOME in its environment."""
+    import os
+    import time
+
+    cluster = LocalCluster(tmp_path / "c", emulate="none", data_dir=tmp_path / "data")
+    try:
+        cluster.start_superlink()
+        # No agents: the ServerApp starts and waits for its clients.
+        cluster.submit({"strategy": "fedasync", "task": "synthetic", "min-clients": 1, "wait-clients": 300.0,
+                        "run-dir": str(tmp_path / "run")})
+        apps = wait_for(lambda: cluster._server_apps(), 120, "the ServerApp to start")
+        assert not cluster.server_pids  # never learnt from status.json
+        other = LocalCluster(tmp_path / "other", emulate="none")  # another cluster does not claim it
+        assert not other._server_apps()
+    finally:
+        cluster.close()
+    assert not wait_for_none(cluster)
+    time.sleep(0.5)
+    for pid in apps:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(") ")[1][0] == "Z"
+
+
 def _stock_app(dst: Path) -> Path:
     """The stock ClientApp with fedhive's server app, in a Flower app folder declaring fedhive's run config."""
     dst.mkdir(parents=True)
