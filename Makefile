@@ -45,11 +45,13 @@ images:
 	bash docker/build-images.sh
 
 # Two pytest workers: most of the suite's time is real clusters waiting on Flower's polls, not CPU. Each test file
-# runs whole on one worker (--dist loadfile: module-scoped fixtures such as the images and the shared cluster are made
-# once). Not loadgroup: pytest-xdist 3.8's xdist_group does nothing under pytest 9 (it sets a node id field pytest 9
-# no longer reads).
+# runs whole on one worker (--dist loadfile: module-scoped fixtures such as the shared cluster are made once). Not
+# loadgroup: pytest-xdist 3.8's xdist_group does nothing under pytest 9 (it sets a node id field pytest 9 no longer
+# reads). The container tests run after, alone: their image build and six-agent compose cluster use both cores, and
+# beside them the timing checks of other cluster tests failed (a frozen node's peers delivering 3 updates, not 4).
 test: $(STAMP) system-packages
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=20 --ignore=tests/containers
+	$(PY) -m pytest -q --durations=5 tests/containers
 
 clean:
 	rm -rf $(VENV) build *.egg-info
