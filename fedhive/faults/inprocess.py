@@ -69,6 +69,7 @@ class Watch(Observer):
         self.t, self.marks = tally, {} if marks is None else marks
         self.taken_from: Counter = Counter()
         self.rejected_from: Counter = Counter()
+        self.refused_from: Counter = Counter()  # updates the strategy refused (Outcome "rejected": late, diverged, ...)
         self.strategy = None
         self.last: tuple[int, list[bytes]] | None = None
         self.taken: Counter = Counter()
@@ -82,6 +83,8 @@ class Watch(Observer):
         self._snap()
 
     def on_update(self, update, outcome, client, staleness, duration, now):
+        if outcome.status == "rejected":
+            self.refused_from[update.node_id] += 1
         if outcome.status in ("applied", "buffered"):
             self.taken_from[update.node_id] += 1
             mark = self.marks.get(id(update))  # marked replies are held in ``marks``, so their ids are unique

@@ -36,8 +36,12 @@ def test_hostile_flower_replies_are_rejected_and_counted(strategy, params):
     assert all(grid.sent[k] >= 2 for k in H.REPLIES), grid.sent       # every hostile kind went through
     may_apply = sum(grid.sent[k] for k in H.MAY_APPLY)
     taken, rejected = watch.taken_from[3], watch.rejected_from[3]
+    # What the strategy itself refused (FedAvg: a reply after its round closed, a round that diverged) is counted too;
+    # CI under load once saw two such beside the one unread at the end.
+    refused = watch.refused_from[3]
     assert taken <= may_apply, (taken, grid.sent)                       # no malformed reply was taken
-    assert 0 <= sent - taken - rejected <= 1, (sent, taken, rejected)   # each counted (one may be unread at the end)
+    assert 0 <= sent - taken - rejected - refused <= 1, (sent, taken, rejected, refused)  # each counted (one may be
+    #                                                                                       unread at the end)
     assert tally.model_changes_from_rejected == 0 and tally.non_finite_models == 0
     assert res.final["client_updates"] >= 240 and strat.version > 0     # the honest nodes kept training it
     assert all(np.isfinite(p).all() for p in strat.params)
