@@ -205,7 +205,7 @@ def _agent(args: argparse.Namespace) -> int:
                         insecure=args.insecure, root_certificates=args.root_certificates,
                         auth_private_key=args.auth_supernode_private_key,
                         auth_public_key=args.auth_supernode_public_key, slowdown=args.slowdown,
-                        torch_threads=args.torch_threads,
+                        torch_threads=args.torch_threads, training_device=args.training_device,
                         worker=not args.no_worker, max_backoff=args.max_backoff, state_dir=args.state_dir,
                         node_config=_pairs(args.node_config, "node config", "data-dir=/data"),
                         metrics_address=args.metrics_address, clientapp_runner=args.clientapp_runner,
@@ -334,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--slowdown", type=float, default=1.0, help="emulate a slower device: wait (x-1) x compute time")
     a.add_argument("--torch-threads", type=int, default=0, help="torch threads for training (0: the cores this "
                    "process may use, capped by its cgroup CPU quota; 1 where several agents share a machine)")
+    a.add_argument("--training-device", default="auto", help="auto (CUDA, else MPS, else the CPU), cpu, cuda, "
+                   "cuda:N, mps; a small model can train faster on one CPU core than on a GPU (README)")
     a.add_argument("--no-worker", action="store_true", help="no warm worker: every ClientApp loads torch and data")
     a.add_argument("--clientapp-runner", default="warm", choices=("warm", "flower"),
                    help="warm (default): the SuperNode in --isolation process and fedhive's runner running every "

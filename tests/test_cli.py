@@ -129,3 +129,20 @@ def test_fedhive_up_real_path_defaults_and_what_overrides_them(kwargs, steps, pa
         fedhive.up.up(out=str(tmp_path / "run"), live=False, **kwargs)
     assert seen["local-steps"] == steps and seen.get("strategy-params", "") == params
     assert [fedhive.up.fedbuff_buffer(n) for n in (1, 3, 6, 20, 21, 100)] == [2, 2, 3, 10, 10, 10]
+
+
+def test_agent_refuses_a_training_device_torch_lacks_before_starting_anything(capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device: cuda:0 is a valid training device here")
+    rc = main(["agent", "--superlink", "127.0.0.1:1", "--insecure", "--training-device", "cuda:0",
+               "--state-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "fedhive agent: error: training device 'cuda:0': torch sees 0 CUDA device(s) here; pass " \
+           "--training-device cpu or auto" in err
+    assert not (tmp_path / "supernode.pid").exists()
+    rc = main(["agent", "--superlink", "127.0.0.1:1", "--insecure", "--training-device", "gpu0"])
+    assert rc == 2 and "training device must be one of auto, cpu, cuda, cuda:N (a GPU index) or mps, got 'gpu0'" \
+        in capsys.readouterr().err

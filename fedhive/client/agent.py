@@ -96,6 +96,7 @@ class AgentOptions:
     auth_public_key: str = ""
     slowdown: float = 1.0
     torch_threads: int = 0  # 0: trainer.default_threads()
+    training_device: str = "auto"  # auto: trainer.best_device(); cpu, cuda, cuda:N, mps
     worker: bool = True
     max_backoff: float = 60.0
     state_dir: str = ""
@@ -121,6 +122,9 @@ class AgentOptions:
                              "needs the private key (Flower 1.42 derives the public key from it)")
         self.slowdown = number("slowdown", self.slowdown, low=1)
         self.torch_threads = integer("torch-threads", self.torch_threads, low=0)
+        from .trainer import training_device
+
+        training_device(self.training_device, check=False)  # the form now; whether torch has it, at the worker's start
         if self.clientapp_runner not in RUNNERS:
             raise ValueError(f"clientapp runner {self.clientapp_runner!r} is not one of {', '.join(RUNNERS)}")
         self.runner_poll = number("runner-poll", self.runner_poll, low=0.01, high=60)
@@ -160,6 +164,7 @@ class Agent:
             "cpu-quota": p.cpu_quota if p.cpu_quota is not None else 0.0,
             "slowdown": self.opts.slowdown,
             "torch-threads": self.opts.torch_threads,
+            "training-device": self.opts.training_device,
         }
         if self.worker is not None:
             cfg["worker"] = self.socket_path
@@ -199,13 +204,17 @@ class Agent:
         from .worker import Worker
 
         os.environ["FEDHIVE_CACHE"] = str(self.data_dir)
-        trainer = Trainer(slowdown=self.opts.slowdown, threads=self.opts.torch_threads or None)
+        trainer = Trainer(device=self.opts.training_device, slowdown=self.opts.slowdown,
+                          threads=self.opts.torch_threads or None)
         trainer.metrics = self.metrics
         self.worker = Worker(self.socket_path, trainer)
         import torch  # noqa: F401  (warm: the first task should not pay for the import)
 
     def run(self) -> int:
         """Run until :meth:`stop` (or SIGTERM/SIGINT when called from the main thread). Returns an exit code."""
+        from .trainer import training_device
+
+        training_device(self.opts.training_device)  # a device torch lacks here: refused before anything starts
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())

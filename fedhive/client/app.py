@@ -67,7 +67,8 @@ def _trainer_call(node: dict, header: dict, arrays: list, msg: Message | None = 
     if _local_trainer is None:
         from .trainer import Trainer
 
-        _local_trainer = Trainer(slowdown=float(node.get("slowdown", 1.0) or 1.0),
+        _local_trainer = Trainer(device=node.get("training-device") or None,
+                                 slowdown=float(node.get("slowdown", 1.0) or 1.0),
                                  threads=node.get("torch-threads") or None)
     return _local_trainer.handle(header, arrays)
 

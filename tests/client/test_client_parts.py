@@ -17,7 +17,7 @@ from flwr.common.config import parse_config_args
 
 from fedhive import messages as M
 from fedhive.client import app as client_app
-from fedhive.client.agent import AgentOptions, node_config_string
+from fedhive.client.agent import Agent, AgentOptions, node_config_string
 from fedhive.client.profile import DeviceProfile, classify, detect
 from fedhive.client.trainer import Trainer, default_threads
 from fedhive.client.worker import Worker, WorkerError, call, recv_frame
@@ -144,6 +144,9 @@ def test_node_config_string_refuses_spaces_and_single_quotes(value):
     ({"slowdown": "2"}, "slowdown must be a finite number >= 1, got '2'"),
     ({"torch_threads": -1}, "torch-threads must be an integer >= 0, got -1"),
     ({"torch_threads": 1.5}, "torch-threads must be an integer >= 0, got 1.5"),
+    ({"training_device": "gpu"}, "training device must be one of auto, cpu, cuda, cuda:N .* got 'gpu'"),
+    ({"training_device": "cuda:x"}, "training device must be one of"),
+    ({"training_device": 0}, "training device must be one of .* got 0"),
 ])
 def test_agent_options_refuse_bad_values(kwargs, words):
     with pytest.raises(ValueError, match=words):
@@ -409,3 +412,36 @@ def test_fedasmu_without_a_newer_model_does_not_mix(store, model):
     metrics, _ = Trainer(device="cpu").handle(fedasmu_request(store.address, store.token_for(1)), model)
     assert metrics["fetch_version"] == 0 and metrics["fetch_bytes"] == 0 and metrics["beta"] == 0.0
     assert store.not_newer == 1
+
+
+@pytest.mark.parametrize("value", ["tpu", "CUDA", "cuda:", "cuda:1234", "cpu ", "cuda:0;rm", 3, ["cpu"], "x" * 10_000])
+def test_trainer_refuses_a_training_device_it_does_not_know(value):
+    """The no-worker ClientApp takes ``training-device`` from the node config: only torch device names pass."""
+    with pytest.raises(ValueError, match="training device must be one of auto, cpu, cuda, cuda:N .*or mps, got"):
+        Trainer(device=value)
+
+
+def test_training_device_auto_cpu_and_a_device_torch_lacks():
+    import torch
+
+    from fedhive.client.trainer import training_device
+
+    assert training_device("auto") is None and training_device("") is None and training_device(None) is None
+    assert training_device("cpu") == "cpu" and training_device("cuda:3", check=False) == "cuda:3"
+    assert Trainer(device="auto").device is None  # best_device() at the first task
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ValueError, match=f"training device 'cuda:{count}': torch sees {count} CUDA device"
+                                         r"\(s\) here; pass --training-device cpu or auto"):
+        training_device(f"cuda:{count}")
+
+
+def test_the_agent_trains_on_the_device_it_was_given(tmp_path):
+    """``fedhive agent --training-device cpu`` reaches the warm worker's trainer and the node config."""
+    opts = AgentOptions(superlink="127.0.0.1:9092", training_device="cpu", state_dir=str(tmp_path))
+    agent = Agent(opts, profile=detect())
+    assert agent.node_config()["training-device"] == "cpu"
+    agent.start_worker()
+    try:
+        assert agent.worker is not None and agent.worker.trainer.device == "cpu"
+    finally:
+        agent.worker.close()
