@@ -49,6 +49,12 @@ CANDIDATES = [
     # second round (2026-12-03, with --merge): smaller mixing weights
     ("fedasync", "alpha=0.4", {"preset": "paper", "alpha": 0.4}),
     ("fedasync", "alpha=0.3", {"preset": "paper", "alpha": 0.3}),
+    # third round (2026-12-04, with --merge): stronger staleness damping, and the paper's hinge
+    ("fedasync", "alpha=0.6, polynomial a=1", {"preset": "paper", "staleness_a": 1.0}),
+    ("fedasync", "alpha=0.9, polynomial a=1", {"preset": "paper", "alpha": 0.9, "staleness_a": 1.0}),
+    ("fedasync", "alpha=0.6, polynomial a=0.75", {"preset": "paper", "staleness_a": 0.75}),
+    ("fedasync", "alpha=0.9, hinge a=10 b=4", {"preset": "paper", "alpha": 0.9, "staleness": "hinge",
+                                                 "staleness_a": 10.0, "staleness_b": 4.0}),
     ("fedcompass", "paper: q 20..100, samples, per_step", {"preset": "paper"}),
     ("fedcompass", "q 5..20, group", {"preset": "paper", "q_min": 5, "q_max": 20, "client_weights": "group",
                                       "speed_model": "affine"}),
