@@ -40,10 +40,12 @@ def raw_phase(grid: Grid, nodes, params, seconds: float, poll: float) -> dict:
     for n in nodes:
         push(n)
     updates = 0
+    pulls = 0
     server_s = time.monotonic() - t0  # the first pushes count as server time, as they do for fedhive
     server_cpu = time.thread_time() - c0
     while time.monotonic() < t_end:
         replies = list(grid.pull_messages(list(sent)))
+        pulls += 1
         for r in replies:
             node, t_sent = sent.pop(r.metadata.reply_to_message_id)
             if r.has_error():
@@ -61,6 +63,7 @@ def raw_phase(grid: Grid, nodes, params, seconds: float, poll: float) -> dict:
         if not replies:
             time.sleep(poll)
     wall = time.monotonic() - t0
+    cpu_all = time.thread_time() - c0  # everything this thread did in the phase: pushes, pulls and decoding
     # Drain what is in flight so the next phase starts with idle nodes.
     end = time.monotonic() + 30
     while sent and time.monotonic() < end:
@@ -70,6 +73,8 @@ def raw_phase(grid: Grid, nodes, params, seconds: float, poll: float) -> dict:
     return {"path": "raw flower", "updates": updates, "seconds": wall, "updates_per_s": updates / wall,
             "mean_round_trip_s": float(np.mean(durations)) if durations else None,
             "server_ms_per_update": 1e3 * server_s / max(updates, 1),
+            "pulls_per_update": pulls / max(updates, 1),
+            "server_cpu_ms_per_update_with_pulls": 1e3 * cpu_all / max(updates, 1),
             "server_cpu_ms_per_update": 1e3 * server_cpu / max(updates, 1)}
 
 
