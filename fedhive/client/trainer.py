@@ -22,7 +22,7 @@ import numpy as np
 
 from fedhive import messages as M
 from fedhive.strategies.fedasmu import DevicePlan
-from fedhive.strategies.params import number
+from fedhive.strategies.params import number, short_repr
 
 log = logging.getLogger("fedhive.trainer")
 
@@ -53,7 +53,7 @@ def training_device(value: object, *, check: bool = True) -> str | None:
     if value is None or value == "" or value == "auto":
         return None
     if not isinstance(value, str) or not re.fullmatch(r"cpu|mps|cuda(:\d{1,3})?", value):
-        raise ValueError(f"training device must be one of {_DEVICE_FORMS}, got {_short(value)}")
+        raise ValueError(f"training device must be one of {_DEVICE_FORMS}, got {short_repr(value, 40)}")
     if check and value != "cpu":
         import torch
 
@@ -69,11 +69,6 @@ def training_device(value: object, *, check: bool = True) -> str | None:
                 raise ValueError("training device 'mps': torch sees no Apple GPU here; pass --training-device cpu "
                                  "or auto")
     return value
-
-
-def _short(value: object, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _int(value: Any, what: str, low: int = 0) -> int:

@@ -56,6 +56,7 @@ from fedhive import messages as M
 from fedhive.engine.transport import Event, Failure, Malformed, Result, Transport
 from fedhive.strategies.base import ClientInfo, Dispatch, Task, Update
 from fedhive.strategies.params import number
+from fedhive.strategies.params import short_repr as _short
 
 from .reply_pull import REPLY_TOO_LARGE, REPLY_UNDECODABLE, ReplyPuller, make_reply_puller
 
@@ -84,18 +85,6 @@ def _profile_value(value: object) -> object | None:
     return M.finite_number(value) if type(value) is not bool else value
 
 
-def _short(value: object, limit: int = 64) -> str:
-    """``repr(value)`` cut to ``limit`` characters, for a log line or an event's detail (a huge int, whose ``repr``
-    would raise, and any non-scalar are described by their type)."""
-    if type(value) is int and abs(value) >= 10**limit:
-        text = f"<int of {value.bit_length()} bits>"
-    elif type(value) is str:
-        text = repr(value[:limit + 1])
-    elif type(value) in (int, float, bool):
-        text = repr(value)
-    else:
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class GridInterrupted(BaseException):

@@ -7,6 +7,7 @@ simulator and the command line all use it, so that one setting is read the same 
 - :func:`integer` and :func:`number` are *the* integer and number checks (with an optional range);
   :func:`positive_int` and :func:`non_negative_int` are their two common ranges, by name.
 - :func:`parse_pairs` is *the* ``KEY=VALUE`` parser, its values typed by :func:`parse_value`.
+- :func:`short_repr` shows an untrusted value in an error or log line, cut short and never raising.
 """
 
 from __future__ import annotations
@@ -17,6 +18,20 @@ import numbers
 from typing import Any, Callable, Iterable, TypeVar
 
 T = TypeVar("T")
+
+
+def short_repr(value: object, limit: int = 64) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for a log line or an event's detail (a huge int, whose ``repr``
+    would raise, and any non-scalar are described by their type)."""
+    if type(value) is int and abs(value) >= 10**limit:
+        text = f"<int of {value.bit_length()} bits>"
+    elif type(value) is str:
+        text = repr(value[:limit + 1])
+    elif type(value) in (int, float, bool):
+        text = repr(value)
+    else:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _bounds(low: float | None, high: float | None, low_open: bool = False, high_open: bool = False) -> str:

@@ -414,7 +414,8 @@ def test_fedasmu_without_a_newer_model_does_not_mix(store, model):
     assert store.not_newer == 1
 
 
-@pytest.mark.parametrize("value", ["tpu", "CUDA", "cuda:", "cuda:1234", "cpu ", "cuda:0;rm", 3, ["cpu"], "x" * 10_000])
+@pytest.mark.parametrize("value", ["tpu", "CUDA", "cuda:", "cuda:1234", "cpu ", "cuda:0;rm", 3, ["cpu"], "x" * 10_000,
+                                   pytest.param(10**5000, id="huge-int")])
 def test_trainer_refuses_a_training_device_it_does_not_know(value):
     """The no-worker ClientApp takes ``training-device`` from the node config: only torch device names pass."""
     with pytest.raises(ValueError, match="training device must be one of auto, cpu, cuda, cuda:N .*or mps, got"):
